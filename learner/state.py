@@ -1,0 +1,145 @@
+"""The learner's state between tasks, and the model it stands for.
+
+A state is the backbone reference, every task's LoRA factors (in lineage order), the head over all
+seen classes, class names, per-layer subspace state and class prototypes. The model is always
+rebuilt from the pristine fp32 base plus `Σ s·B_t·A_t` over the lineage (DESIGN.md §3, task end):
+never unmerged, so no drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learner.backbones import Backbone, InputSpec, create_backbone
+from learner.config import BackboneConfig, LoRAConfig
+from learner.janus.estimation import SubspaceState
+from learner.lora.layer import LoRALayer
+from learner.lora.model import inject_lora, merge_factors
+
+STATE_FILES = ("adapter", "head", "subspace", "prototypes")
+
+
+@dataclass
+class LearnerState:
+    """Everything needed to rebuild the model and learn the next task; no training data."""
+
+    backbone: BackboneConfig
+    lora: LoRAConfig
+    class_names: list[str] = field(default_factory=list)
+    task_sizes: list[int] = field(default_factory=list)  # classes added by each task
+    adapters: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per task: A, B
+    head_weight: torch.Tensor | None = None  # (C, d), rows compared by cosine
+    head_scale: float = 16.0
+    subspace: dict[str, SubspaceState] = field(default_factory=dict)
+    prototypes: torch.Tensor | None = None  # (C, d), L2-normalised
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    def meta(self) -> dict[str, object]:
+        """JSON-able description (goes into a version's manifest)."""
+        return {
+            "backbone": self.backbone.model_dump(),
+            "lora": self.lora.model_dump(),
+            "class_names": list(self.class_names),
+            "task_sizes": list(self.task_sizes),
+        }
+
+    def to_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """This version's tensors by store file stem: its own task's factors and the rest."""
+        if self.head_weight is None or self.prototypes is None:
+            raise ValueError("an empty state (no task learned) has no tensors to publish")
+        subspace: dict[str, torch.Tensor] = {}
+        for name, sub in self.subspace.items():
+            subspace[f"{name}.M"] = sub.basis.contiguous()
+            subspace[f"{name}.S"] = sub.second_moment.contiguous()
+            subspace[f"{name}.N"] = torch.tensor([sub.count], dtype=torch.int64)
+        return {
+            "adapter": dict(self.adapters[-1]),
+            "head": {"weight": self.head_weight, "scale": torch.tensor([self.head_scale])},
+            "subspace": subspace,
+            "prototypes": {"prototypes": self.prototypes},
+        }
+
+    @classmethod
+    def from_tensors(
+        cls,
+        meta: dict[str, object],
+        lineage_adapters: list[dict[str, torch.Tensor]],
+        tensors: dict[str, dict[str, torch.Tensor]],
+    ) -> LearnerState:
+        """Inverse of `meta()` + `to_tensors()`; `lineage_adapters` root first, this one last."""
+        subspace: dict[str, SubspaceState] = {}
+        for key, value in tensors["subspace"].items():
+            name, _, part = key.rpartition(".")
+            sub = subspace.setdefault(name, SubspaceState.empty(0))
+            if part == "M":
+                sub.basis = value.float()
+            elif part == "S":
+                sub.second_moment = value.double()
+            elif part == "N":
+                sub.count = int(value.reshape(-1)[0])
+        task_sizes = [int(x) for x in meta["task_sizes"]]  # type: ignore[attr-defined]
+        if len(lineage_adapters) != len(task_sizes):
+            raise ValueError(
+                f"lineage has {len(lineage_adapters)} adapters but the manifest lists "
+                f"{len(task_sizes)} tasks; the store is inconsistent — run `janus verify`"
+            )
+        return cls(
+            backbone=BackboneConfig.model_validate(meta["backbone"]),
+            lora=LoRAConfig.model_validate(meta["lora"]),
+            class_names=[str(c) for c in meta["class_names"]],  # type: ignore[attr-defined]
+            task_sizes=task_sizes,
+            adapters=lineage_adapters,
+            head_weight=tensors["head"]["weight"].float(),
+            head_scale=float(tensors["head"]["scale"].reshape(-1)[0]),
+            subspace=subspace,
+            prototypes=tensors["prototypes"]["prototypes"].float(),
+        )
+
+
+class ContinualModel(nn.Module):
+    """Backbone with LoRA layers (earlier tasks merged) and one linear head over seen classes.
+
+    The head is linear over L2-normalised features with L2-normalised rows, times a fixed scale
+    *(ours)*: with cross-entropy seeing only the current task's logits, unnormalised rows of
+    different tasks reach different logit scales and the newest task wins every argmax.
+    """
+
+    def __init__(self, backbone: Backbone, lora: LoRAConfig) -> None:
+        super().__init__()
+        self.backbone = backbone.model
+        self.spec: InputSpec = backbone.spec
+        self.num_features = backbone.num_features
+        self.layers: dict[str, LoRALayer] = inject_lora(self.backbone, lora)
+        self.register_buffer("head_weight", torch.zeros(0, backbone.num_features))
+        self.head_scale = 16.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features (B, d) of normalised images (B, 3, S, S)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) over every seen class."""
+        return cosine_logits(self.features(x), self.head_weight, self.head_scale)
+
+
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """`scale · cos(f, w_c)` (B, C) for features (B, d) and head rows (C, d)."""
+    return scale * F.normalize(features, dim=-1) @ F.normalize(weight, dim=-1).T
+
+
+def build_model(state: LearnerState) -> ContinualModel:
+    """Rebuild a state's model from the pristine fp32 base plus its lineage's factors."""
+    model = ContinualModel(create_backbone(state.backbone), state.lora)
+    for factors in state.adapters:
+        merge_factors(model.layers, factors, state.lora.scale)
+    if state.head_weight is not None:
+        model.head_weight = state.head_weight.clone()
+    model.head_scale = state.head_scale
+    return model.eval()
