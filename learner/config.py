@@ -76,6 +76,11 @@ class MethodConfig(_Strict):
     margin_loss: bool = Field(True, description="DML against earlier classes' prototypes")
     train_a: bool = Field(True, description="False freezes A (InfLoRA)")
     joint: bool = Field(False, description="all tasks at once (upper bound, benchmark only)")
+    prototype_head: bool = Field(
+        True,
+        description="task end: the new head rows become the new classes' prototypes (ours), "
+        "so rows of different tasks share one scale; False keeps the trained rows",
+    )
 
 
 class TrainConfig(_Strict):
@@ -85,7 +90,7 @@ class TrainConfig(_Strict):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(5e-4, gt=0, description="LoRA learning rate")
+    lr: float = Field(1e-4, gt=0, description="LoRA learning rate (full-weight step size with GR)")
     head_lr: float = Field(5e-3, gt=0, description="learning rate of the new head rows")
     weight_decay: float = Field(0.0, ge=0)
     eps_start: float = Field(0.95, gt=0, le=1, description="OE energy threshold, first task")

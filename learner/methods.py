@@ -20,7 +20,13 @@ _REGISTRY: dict[str, MethodConfig] = {
         name="seq-lora", a_init="random", protect=False, rectify=False, margin_loss=False
     ),
     "joint": MethodConfig(
-        name="joint", a_init="random", protect=False, rectify=False, margin_loss=False, joint=True
+        name="joint",
+        a_init="random",
+        protect=False,
+        rectify=False,
+        margin_loss=False,
+        joint=True,
+        prototype_head=False,
     ),
 }
 

@@ -289,7 +289,8 @@ def learn_task(
             basis = expand_basis(old.basis, cov, eps)
             subspace[name] = SubspaceState(basis.float(), total_s, total_n)
 
-    head_weight = torch.cat([model.head_weight, head_w.detach()])  # (C + k, d)
+    new_rows = protos_new if method.prototype_head else head_w.detach()
+    head_weight = torch.cat([model.head_weight, new_rows])  # (C + k, d)
     old_p = state.prototypes if state.prototypes is not None else torch.zeros(0, model.num_features)
     new_state = LearnerState(
         backbone=state.backbone,

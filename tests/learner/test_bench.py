@@ -1,0 +1,42 @@
+"""The class-incremental benchmark end to end on a tiny model and real digits (an .npz)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from learner.bench import BenchConfig, run_benchmark
+from learner.config import LoRAConfig
+from service.cli import main
+from tests.conftest import TINY_BACKBONES
+
+
+def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, images=digits.images[..., 0], labels=digits.labels, class_names=np.array(digits.class_names))
+    cfg = BenchConfig(
+        data=str(npz), tasks=2, methods=("janus", "seq-lora", "joint"), preset="quick",
+        backbone=TINY_BACKBONES["convnet"], lora=LoRAConfig(rank=2, alpha=2),
+        train_overrides={"epochs": 1, "design_samples": 64},
+    )
+    results = run_benchmark(cfg, tmp_path / "out", log=lambda _s: None)
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(on_disk["methods"]) == {"janus", "seq-lora", "joint"}
+    for name in ("janus", "seq-lora"):
+        m = on_disk["methods"][name]
+        assert len(m["matrix"]) == 2 and 0 <= m["acc"] <= 100
+        assert m["step_s"] > 0 and m["train_s"] > 0
+        row = [v for v in m["matrix"][1] if v is not None]
+        assert abs(m["acc"] - np.average(row, weights=on_disk["config"]["test_sizes"])) < 1e-6
+    assert on_disk["methods"]["joint"]["bwt"] is None
+    assert results["config"]["tasks"][0] != results["config"]["tasks"][1]
+    assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
+    assert (tmp_path / "out" / "accuracy_per_task.png").stat().st_size > 1000
+
+
+def test_cli_refuses_unknown_method(tmp_path: Path, capsys) -> None:
+    code = main(["bench", "cl", "--methods", "janus,nope", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
