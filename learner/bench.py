@@ -109,7 +109,9 @@ def run_method(
     for t, task in enumerate(tasks):
         result = learn_task(state, task.train, train_cfg, on_task(name, t))
         state = result.state
-        matrix.add_row([evaluate(result.model, tasks[i].test, state.class_names) for i in range(t + 1)])
+        matrix.add_row(
+            [evaluate(result.model, tasks[i].test, state.class_names) for i in range(t + 1)]
+        )
         train_s += result.metrics["train_s"]
         steps += result.metrics["steps"]
         step_total += result.metrics["step_s"] * result.metrics["steps"]

@@ -90,7 +90,10 @@ class TrainConfig(_Strict):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(1e-4, gt=0, description="LoRA learning rate (full-weight step size with GR)")
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate of the factors (without GR)")
+    gr_lr: float = Field(
+        1e-4, gt=0, description="GR step size η on the full weight (U is an Adam direction on W)"
+    )
     head_lr: float = Field(5e-3, gt=0, description="learning rate of the new head rows")
     weight_decay: float = Field(0.0, ge=0)
     eps_start: float = Field(0.95, gt=0, le=1, description="OE energy threshold, first task")

@@ -117,6 +117,7 @@ class ContinualModel(nn.Module):
         self.spec: InputSpec = backbone.spec
         self.num_features = backbone.num_features
         self.layers: dict[str, LoRALayer] = inject_lora(self.backbone, lora)
+        self.head_weight: torch.Tensor
         self.register_buffer("head_weight", torch.zeros(0, backbone.num_features))
         self.head_scale = 16.0
 

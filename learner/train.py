@@ -197,7 +197,7 @@ def learn_task(
     rectifier: GradientRectifier | None = None
     lora_opt: torch.optim.Optimizer | None = None
     if method.rectify:
-        rectifier = GradientRectifier(layers, bases, lr=cfg.lr, damping=cfg.damping)
+        rectifier = GradientRectifier(layers, bases, lr=cfg.gr_lr, damping=cfg.damping)
     else:
         params: list[nn.Parameter] = []
         for layer in layers.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +33,22 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     return on_task
 
 
+def _parse_setting(item: str) -> tuple[str, object]:
+    """`key=value` → (key, JSON value or the plain string)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes key=value (a TrainConfig field), got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def _bench_cl(args: argparse.Namespace) -> int:
     from learner.bench import BenchConfig, run_benchmark
     from learner.metrics import markdown_table, matrix_markdown
 
-    overrides = {}
+    overrides = dict(_parse_setting(item) for item in args.set)
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.threads:
@@ -64,7 +76,7 @@ def _bench_cl(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """The main job until the service exists: a short class-incremental run."""
-    args.methods, args.quick, args.ablation, args.epochs = "janus", True, False, None
+    args.methods, args.quick, args.ablation, args.epochs, args.set = "janus", True, False, None, []
     return _bench_cl(args)
 
 
@@ -85,24 +97,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     cl = bench.add_parser("cl", help="class-incremental benchmark of every method on one split")
-    cl.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an .npz or a class-folder tree")
+    cl.add_argument(
+        "--data", default="fashion-mnist", help="fashion-mnist, an .npz or a class-folder tree"
+    )
     cl.add_argument("--tasks", type=int, default=5)
     cl.add_argument("--methods", default="janus,inflora,lora-gpm,seq-lora,joint")
     cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")
     cl.add_argument("--quick", action="store_true", help="a preset that ends in minutes on 2 cores")
     cl.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training setting (learner.config.TrainConfig), e.g. --set lr=2e-4",
+    )
     cl.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     cl.add_argument("--out", default="runs/bench-cl")
     cl.add_argument("--no-progress", action="store_true")
     cl.set_defaults(func=_bench_cl)
 
-    try:
-        from adapters_store.cli import register as register_store
-    except ImportError:  # pragma: no cover - the store package ships with the project
-        register_store = None
-    if register_store is not None:
-        register_store(sub)
+    from adapters_store.cli import register as register_store
+
+    register_store(sub)
     return parser
 
 

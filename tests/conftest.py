@@ -11,7 +11,10 @@ from learner.data import LabeledBatch
 
 TINY_BACKBONES = {
     "vit": BackboneConfig(
-        name="test_vit", weights="none", input_size=32, model_kwargs={"img_size": 32, "patch_size": 8}
+        name="test_vit",
+        weights="none",
+        input_size=32,
+        model_kwargs={"img_size": 32, "patch_size": 8},
     ),
     "convnet": BackboneConfig(name="test_efficientnet", weights="none", input_size=32),
 }

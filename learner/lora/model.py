@@ -62,7 +62,7 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> dict[str, LoRALayer]:
     for name in find_targets(model, cfg):
         module = model.get_submodule(name)
         rows = None
-        if _is_fused_qkv(name, module):
+        if isinstance(module, nn.Linear) and _is_fused_qkv(name, module):
             d = module.in_features
             rows = (d, 3 * d)  # K and V rows of the fused (Q; K; V) weight
         layer = LoRALayer(module, cfg.rank, cfg.alpha, rows=rows)

@@ -51,8 +51,10 @@ def test_bad_backbone_configs_say_what_to_do(tmp_path: Path) -> None:
         BackboneConfig(name="test_vit", weights="file")
     with pytest.raises(ValueError, match="only fits"):
         BackboneConfig(name="test_vit", weights="efficientnet-lite0")
-    missing = BackboneConfig(name="test_vit", weights="file", path=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    missing = BackboneConfig(
+        name="test_vit", weights="file", path=str(tmp_path / "nope.safetensors")
+    )
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         create_backbone(missing)
 
 

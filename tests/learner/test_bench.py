@@ -15,10 +15,19 @@ from tests.conftest import TINY_BACKBONES
 
 def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
     npz = tmp_path / "digits.npz"
-    np.savez(npz, images=digits.images[..., 0], labels=digits.labels, class_names=np.array(digits.class_names))
+    np.savez(
+        npz,
+        images=digits.images[..., 0],
+        labels=digits.labels,
+        class_names=np.array(digits.class_names),
+    )
     cfg = BenchConfig(
-        data=str(npz), tasks=2, methods=("janus", "seq-lora", "joint"), preset="quick",
-        backbone=TINY_BACKBONES["convnet"], lora=LoRAConfig(rank=2, alpha=2),
+        data=str(npz),
+        tasks=2,
+        methods=("janus", "seq-lora", "joint"),
+        preset="quick",
+        backbone=TINY_BACKBONES["convnet"],
+        lora=LoRAConfig(rank=2, alpha=2),
         train_overrides={"epochs": 1, "design_samples": 64},
     )
     results = run_benchmark(cfg, tmp_path / "out", log=lambda _s: None)

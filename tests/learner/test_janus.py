@@ -20,8 +20,15 @@ from tests.conftest import TINY_BACKBONES
 
 def _cfg(method: str = "janus", **kw: object) -> TrainConfig:
     base = dict(
-        method=get_method(method), lora=LoRAConfig(rank=4, alpha=4), epochs=1, batch_size=32,
-        design_samples=128, augment=False, lr=1e-3, head_lr=1e-2,
+        method=get_method(method),
+        lora=LoRAConfig(rank=4, alpha=4),
+        epochs=1,
+        batch_size=32,
+        design_samples=128,
+        augment=False,
+        lr=1e-3,
+        gr_lr=1e-3,
+        head_lr=1e-2,
     )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -75,7 +82,9 @@ def test_online_estimation_accumulates_across_tasks(first_task: TaskResult, digi
         old = state.subspace[name]
         assert sub.count > old.count
         assert sub.basis.shape[1] >= old.basis.shape[1]
-        assert torch.allclose(project_out(old.basis.T, sub.basis), torch.zeros_like(old.basis.T), atol=1e-4)
+        assert torch.allclose(
+            project_out(old.basis.T, sub.basis), torch.zeros_like(old.basis.T), atol=1e-4
+        )
 
 
 # --- Gradient Rectification ------------------------------------------------------------------
@@ -105,14 +114,18 @@ def test_every_janus_step_keeps_a_orthogonal_to_the_basis(first_task: TaskResult
     model = build_model(first_task.state)
     bases = {n: first_task.state.subspace[n].basis for n in model.layers}
     for name, layer in model.layers.items():
-        layer.reset_factors(F.normalize(project_out(torch.randn(layer.rank, layer.in_features), bases[name]), dim=1))
+        layer.reset_factors(
+            F.normalize(project_out(torch.randn(layer.rank, layer.in_features), bases[name]), dim=1)
+        )
     rect = GradientRectifier(model.layers, bases, lr=1e-2, damping=1e-3)
     batch = _two_tasks(digits)[1]
     images, labels = to_uint8_tensor(batch.images), torch.from_numpy(batch.labels)
     head = torch.randn(3, model.num_features, requires_grad=True)
     for step in range(6):
         idx = torch.arange(step * 16, step * 16 + 16)
-        loss = F.cross_entropy(cosine_logits(model.features(prepare(images[idx], model.spec)), head, 16.0), labels[idx])
+        loss = F.cross_entropy(
+            cosine_logits(model.features(prepare(images[idx], model.spec)), head, 16.0), labels[idx]
+        )
         rect.zero_grad()
         loss.backward()
         rect.step()
@@ -190,7 +203,9 @@ def test_training_is_deterministic_under_a_seed(digits) -> None:
     assert torch.equal(a.head_weight, b.head_weight)
 
 
-@pytest.mark.parametrize("method", ["seq-lora", "inflora", "lora-gpm", "janus-no-oe", "janus-no-gr"])
+@pytest.mark.parametrize(
+    "method", ["seq-lora", "inflora", "lora-gpm", "janus-no-oe", "janus-no-gr"]
+)
 def test_every_method_learns_a_task(method: str, digits) -> None:
     state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
     result = learn_task(state, _two_tasks(digits)[0], _cfg(method))

@@ -84,7 +84,8 @@ def test_convnet_targets_are_the_1x1_convolutions() -> None:
     bb = create_backbone(TINY_BACKBONES["convnet"])
     layers = inject_lora(bb.model, LoRAConfig(rank=2))
     expected = [
-        n for n, m in create_backbone(TINY_BACKBONES["convnet"]).model.named_modules()
+        n
+        for n, m in create_backbone(TINY_BACKBONES["convnet"]).model.named_modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
     ]
     assert list(layers) == expected
