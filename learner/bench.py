@@ -47,7 +47,7 @@ class BenchConfig:
     data: str = "fashion-mnist"
     tasks: int = 5
     methods: Sequence[str] = ("janus", "inflora", "lora-gpm", "seq-lora", "joint")
-    preset: str = "full"
+    preset: str | BenchPreset = "full"
     seed: int = 0
     train_overrides: dict[str, Any] = field(default_factory=dict)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -58,9 +58,20 @@ class BenchConfig:
         return BenchConfig(**{**self.__dict__, "methods": (*self.methods, *extra)})
 
 
+def _preset(cfg: BenchConfig) -> BenchPreset:
+    if isinstance(cfg.preset, BenchPreset):
+        return cfg.preset
+    try:
+        return PRESETS[cfg.preset]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}"
+        ) from None
+
+
 def load_split(cfg: BenchConfig) -> list[Task]:
     """The task sequence: Fashion-MNIST (train/test files) or a labeled batch at a path."""
-    preset = PRESETS[cfg.preset]
+    preset = _preset(cfg)
     test: LabeledBatch | None
     if cfg.data == "fashion-mnist":
         train = load_fashion_mnist(split="train")
@@ -90,7 +101,7 @@ def run_method(
     on_task: Callable[[str, int], ProgressFn | None] = lambda _m, _t: None,
 ) -> dict[str, Any]:
     """Learn the task sequence with one method; its accuracy matrix and timings."""
-    preset = PRESETS[cfg.preset]
+    preset = _preset(cfg)
     train_cfg = _train_config(cfg, name)
     backbone = cfg.backbone.model_copy(update={"input_size": preset.image_size})
     state = LearnerState(backbone, cfg.lora)
@@ -152,19 +163,19 @@ def run_benchmark(
 
 def _train_config(cfg: BenchConfig, method: str) -> TrainConfig:
     """The preset's settings, then the run's overrides, for one method."""
-    settings = {"epochs": PRESETS[cfg.preset].epochs, "seed": cfg.seed, **cfg.train_overrides}
+    settings = {"epochs": _preset(cfg).epochs, "seed": cfg.seed, **cfg.train_overrides}
     return TrainConfig(method=get_method(method), lora=cfg.lora, **settings)
 
 
 def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
-    preset = PRESETS[cfg.preset]
+    preset = _preset(cfg)
     train_cfg = _train_config(cfg, "janus")
     return {
         "data": cfg.data,
         "tasks": [list(t.class_names) for t in tasks],
         "train_sizes": [len(t.train) for t in tasks],
         "test_sizes": [len(t.test) for t in tasks],
-        "preset": cfg.preset,
+        "preset": cfg.preset if isinstance(cfg.preset, str) else "custom",
         **{f"preset_{k}": v for k, v in preset.__dict__.items()},
         "seed": cfg.seed,
         "backbone": cfg.backbone.model_dump(),

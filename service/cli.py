@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters_store.cli import register as register_store
 
     register_store(sub)
+    from learner.jobs_cli import register as register_jobs
+
+    register_jobs(sub)
     return parser
 
 

@@ -58,6 +58,7 @@ def test_bad_backbone_configs_say_what_to_do(tmp_path: Path) -> None:
         create_backbone(missing)
 
 
+@pytest.mark.slow
 def test_paper_vit_config_builds_through_the_same_code() -> None:
     """The paper's ViT-B/16 by name (random init here: its hub weights are not reachable)."""
     from learner.config import LoRAConfig

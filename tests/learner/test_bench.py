@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.bench import BenchConfig, run_benchmark
+from learner.bench import BenchConfig, BenchPreset, run_benchmark
 from learner.config import LoRAConfig
 from service.cli import main
 from tests.conftest import TINY_BACKBONES
@@ -25,7 +25,7 @@ def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
         data=str(npz),
         tasks=2,
         methods=("janus", "seq-lora", "joint"),
-        preset="quick",
+        preset=BenchPreset(train_per_class=60, test_per_class=30, epochs=1, image_size=32),
         backbone=TINY_BACKBONES["convnet"],
         lora=LoRAConfig(rank=2, alpha=2),
         train_overrides={"epochs": 1, "design_samples": 64},

@@ -1,0 +1,112 @@
+"""The Celery app of learn jobs (DESIGN.md §6): Redis broker and results, JSON only, long jobs.
+
+Long jobs need: late acknowledgement (a job is acknowledged when it ends, so a worker lost mid-job
+means redelivery) and requeue when the worker process dies; one job fetched at a time; a
+visibility timeout above the hard time limit (Redis redelivers a job unacknowledged for that long,
+which must not happen to a job still running); soft and hard time limits; result expiry. Pickle
+and every other content type than JSON are refused.
+
+One training job at a time per worker: prefork with one child (the hard time limit needs a child
+to kill). The parent never imports torch, so nothing CUDA exists before the fork; each child
+imports it once after the fork.
+
+    app = create_app(JobSettings.from_env())     # or `celery -A learner.celery_app worker`
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from learner.jobs import LEARN_TASK
+from learner.jobs_config import JobSettings
+from learner.redis_embedded import EmbeddedRedis, ensure_embedded, find_running
+
+
+def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
+    """Celery settings for `settings`, with broker and result backend at `redis_url`."""
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "task_track_started": True,
+        "task_soft_time_limit": settings.soft_time_limit_s,
+        "task_time_limit": settings.time_limit_s,
+        "broker_transport_options": {
+            "visibility_timeout": int(settings.visibility_timeout_s),
+            "unacked_restore_interval": settings.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
+        "result_expires": int(settings.result_expires_s),
+        "result_extended": True,
+        "task_default_queue": settings.queue,
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def _preload(**_: Any) -> None:
+    """Each pool child imports torch and the trainer once, before its first job (CPU only)."""
+    import learner.train  # noqa: F401
+
+
+def resolve_redis(settings: JobSettings) -> tuple[str, EmbeddedRedis | None]:
+    """`JANUS_REDIS_URL`, else the embedded Redis of the data dir (started if needed)."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    server = ensure_embedded(settings.data_dir)
+    return server.url, server
+
+
+def create_app(settings: JobSettings | None = None, redis_url: str | None = None) -> Celery:
+    """A configured app with the `janus.learn` task; starts nothing.
+
+    Without `redis_url`: `settings.redis_url`, else an embedded Redis already running for the
+    data dir; `resolve_redis` is the way to start one.
+    """
+    from learner.tasks import learn_job
+
+    settings = settings or JobSettings.from_env()
+    url = redis_url or settings.redis_url
+    if url is None:
+        running = find_running(settings.data_dir)
+        if running is None:
+            raise RuntimeError(
+                "no Redis: set JANUS_REDIS_URL, or start `janus worker` (it starts the embedded "
+                f"redis-server for {settings.data_dir})"
+            )
+        url = running.url
+    app = Celery("janus", set_as_current=False)
+    app.conf.update(celery_config(settings, url))
+    app.conf.janus_settings = settings.model_dump(mode="json")
+    app.task(name=LEARN_TASK, bind=True)(learn_job)
+    worker_process_init.connect(_preload, weak=False, dispatch_uid="janus-preload")
+    return app
+
+
+def app_settings(app: Celery) -> JobSettings:
+    """The job settings an app was created with."""
+    return JobSettings.model_validate(app.conf.janus_settings)
+
+
+@cache
+def _default_app() -> Celery:
+    return create_app()
+
+
+def __getattr__(name: str) -> Celery:
+    """`app` for `celery -A learner.celery_app worker`, created from the environment on use."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(name)

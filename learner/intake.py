@@ -1,0 +1,172 @@
+"""Dataset intake for learn jobs: where a batch may come from, and what it must be.
+
+A job names its dataset either as a path (or `file://` URI) under one of the allowed roots
+(`JANUS_DATASET_ROOTS`), or as `datasets/<sha256>`: an archive staged in the version store,
+content-addressed (the CLI stages a path outside the roots this way; the service stages uploads).
+Before training, a batch is refused with a clear message if it repeats a known class
+(class-incremental), has too few images in a class, or fails `learner.data.load_batch`'s checks
+(undecodable images, archives escaping their folder or unpacking past the size limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import secrets
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from adapters_store.manifest import plain_text
+from learner.data import DataError, LabeledBatch, load_batch
+
+STAGED = re.compile(r"datasets/([0-9a-f]{64})")
+"""A dataset staged in the store: `datasets/<sha256 of the archive>`."""
+
+
+def _store_fs(store_uri: str) -> tuple[Any, str]:
+    if "://" not in store_uri:
+        return LocalFileSystem(), os.path.abspath(os.path.expanduser(store_uri))
+    fs, root = url_to_fs(store_uri)
+    return fs, str(root)
+
+
+def _archive_suffix(head: bytes, data_path: Path) -> str:
+    """The file suffix `load_batch` needs, from the archive's magic bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(data_path) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+        return ".npz" if names and all(n.endswith(".npy") for n in names) else ".zip"
+    for magic, suffix in (
+        (b"\x1f\x8b", ".tar.gz"),
+        (b"BZh", ".tar.bz2"),
+        (b"\xfd7zXZ\x00", ".tar.xz"),
+    ):
+        if head.startswith(magic):
+            return suffix
+    if head[257:262] == b"ustar":
+        return ".tar"
+    raise DataError(
+        "the staged dataset is not a zip, tar (optionally gz/bz2/xz) or npz archive; "
+        "upload one of those"
+    )
+
+
+def stage_dataset(path: str | os.PathLike[str], store_uri: str) -> str:
+    """Copies a folder (packed as tar) or an archive into the store; returns `datasets/<sha>`."""
+    src = Path(path)
+    if src.is_dir():
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for file in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
+                info = tf.gettarinfo(str(file), arcname=file.relative_to(src).as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                with open(file, "rb") as fh:
+                    tf.addfile(info, fh)
+        data = buf.getvalue()
+    elif src.is_file():
+        data = src.read_bytes()
+    else:
+        raise DataError(f"{src}: no such file or folder; pass a class-folder tree or an archive")
+    digest = hashlib.sha256(data).hexdigest()
+    fs, root = _store_fs(store_uri)
+    target = f"{root}/datasets/{digest}"
+    if not fs.exists(target):
+        fs.makedirs(f"{root}/datasets", exist_ok=True)
+        tmp = f"{target}.tmp-{secrets.token_hex(6)}"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, target)
+    return f"datasets/{digest}"
+
+
+@contextlib.contextmanager
+def _fetch_staged(digest: str, store_uri: str, max_bytes: int) -> Iterator[Path]:
+    fs, root = _store_fs(store_uri)
+    source = f"{root}/datasets/{digest}"
+    try:
+        size = int(fs.size(source))
+    except FileNotFoundError:
+        raise DataError(
+            f"datasets/{digest} is not staged in store {store_uri}; upload the dataset again"
+        ) from None
+    if size > max_bytes:
+        raise DataError(f"datasets/{digest} is {size} bytes, above the limit of {max_bytes}")
+    data = fs.cat_file(source)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise DataError(f"datasets/{digest} in store {store_uri} does not match its digest")
+    with tempfile.TemporaryDirectory(prefix="janus-staged-") as tmp:
+        raw = Path(tmp) / "raw"
+        raw.write_bytes(data)
+        path = raw.with_name(f"{digest}{_archive_suffix(data[:512], raw)}")
+        raw.rename(path)
+        yield path
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+@contextlib.contextmanager
+def open_dataset(
+    ref: str, *, roots: Sequence[Path], store_uri: str, max_bytes: int
+) -> Iterator[Path]:
+    """The local path of a dataset reference (fetched to a temporary file if staged)."""
+    match = STAGED.fullmatch(ref)
+    if match:
+        with _fetch_staged(match.group(1), store_uri, max_bytes) as path:
+            yield path
+        return
+    raw = ref.removeprefix("file://") if ref.startswith("file://") else ref
+    if "://" in raw:
+        raise DataError(
+            f"dataset {ref!r}: only local paths, file:// URIs and staged datasets "
+            "(datasets/<sha256>) are accepted; stage it with `janus learn PATH`"
+        )
+    path = Path(os.path.realpath(raw))
+    if not _under(path, roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise DataError(
+            f"dataset {ref!r} is outside the allowed dataset roots ({allowed}); move it there, "
+            "add its folder to JANUS_DATASET_ROOTS, or let `janus learn` stage it in the store"
+        )
+    yield path
+
+
+def load_new_classes(
+    path: Path, known: Sequence[str], *, min_per_class: int, max_bytes: int, shown: str = ""
+) -> LabeledBatch:
+    """Loads a batch and checks it brings only new classes, each with enough images."""
+    where = shown or str(path)
+    try:
+        batch = load_batch(path, max_bytes=max_bytes)
+    except DataError as err:
+        raise DataError(f"dataset {where}: {err}") from None
+    for name in batch.class_names:
+        try:
+            plain_text(name)
+        except ValueError as err:
+            raise DataError(f"dataset {where}: class name {name!r}: {err}; rename it") from None
+        if len(name) > 200:
+            raise DataError(f"dataset {where}: class name {name[:40]!r}… is over 200 characters")
+    repeated = sorted(set(batch.class_names) & set(known))
+    if repeated:
+        raise DataError(
+            f"dataset {where}: classes {repeated} are already learned by the parent version; "
+            "a task must bring only new classes (class-incremental): rename or drop those folders"
+        )
+    few = {name: n for name, n in batch.counts().items() if n < min_per_class}
+    if few:
+        raise DataError(
+            f"dataset {where}: classes {few} have fewer than {min_per_class} images "
+            "(some are held out to check the new version); add images to them"
+        )
+    return batch

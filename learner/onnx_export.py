@@ -1,0 +1,94 @@
+"""The merged model as ONNX: fixed square input, dynamic batch, checked against torch.
+
+The exported graph is `ContinualModel.forward`: normalised float images (B, 3, S, S) → logits
+(B, C) over every seen class, in head order. The input spec (side, mean, std) and the class names
+ride along as ONNX metadata, so a runtime needs nothing else to prepare inputs and name outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from learner.state import ContinualModel
+
+INPUT = "images"
+OUTPUT = "logits"
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The ONNX export does not reproduce the torch model."""
+
+
+def example_input(model: ContinualModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Normalised-range random images (B, 3, S, S) for tracing and checking."""
+    gen = torch.Generator().manual_seed(seed)
+    size = model.spec.size
+    return torch.randn(batch, 3, size, size, generator=gen)
+
+
+def export_onnx(model: ContinualModel, class_names: Sequence[str] = ()) -> bytes:
+    """Serialised ONNX of `model` (eval mode, fp32, CPU) with a dynamic batch axis."""
+    model = model.eval()
+    x = example_input(model)
+    with tempfile.TemporaryDirectory(prefix="janus-onnx-") as tmp, warnings.catch_warnings():
+        path = Path(tmp) / "model.onnx"
+        # The TorchScript exporter needs no extra packages and exports these models exactly;
+        # torch marks it deprecated in favour of the dynamo exporter (needs onnxscript).
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        proto = onnx.load(str(path))
+    meta = {
+        "janus.input_size": str(model.spec.size),
+        "janus.mean": json.dumps(list(model.spec.mean)),
+        "janus.std": json.dumps(list(model.spec.std)),
+        "janus.class_names": json.dumps(list(class_names)),
+    }
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
+    """Logits (B, C) of an exported model under ONNX Runtime (CPU) for inputs (B, 3, S, S)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    (out,) = session.run([OUTPUT], {INPUT: images.astype(np.float32)})
+    return np.asarray(out)
+
+
+def check_onnx(model: ContinualModel, data: bytes, atol: float = 1e-4, batch: int = 3) -> float:
+    """Max |onnx − torch| over a batch of size `batch` (not the traced one); raises past `atol`."""
+    x = example_input(model, batch=batch, seed=1)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    got = run_onnx(data, x.numpy())
+    if got.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {got.shape}, torch gives {expected.shape}")
+    err = float(np.abs(got - expected).max()) if got.size else 0.0
+    if not err <= atol:
+        raise ExportError(f"ONNX output differs from torch by {err:.3g} (> {atol:g})")
+    return err

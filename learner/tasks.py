@@ -1,0 +1,281 @@
+"""The `janus.learn` job: a labeled batch in, a published (and maybe serving) version out.
+
+Steps: validate the arguments; load the parent's state from the store; load and check the batch
+(only new classes, enough images each); hold out part of it; train the task through the learner
+(progress is the job's state: phase, epoch, step, loss, samples/s, ETA); evaluate on the held-out
+images; export the merged model to ONNX and check it against torch; publish the version with its
+metrics and job id under the job's idempotency key; activate it by policy; announce the serving
+change on Redis.
+
+Redelivery is safe: a job whose idempotency key already names a version returns that version
+(finishing its activation if needed) without training, and a job delivered more than
+`max_attempts` times (its worker keeps dying) fails instead of looping. Torch and the trainer are
+imported inside the job, so the worker's parent process never loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from adapters_store import Manifest, StoreError, VersionStore, open_store
+from learner.data import DataError, LabeledBatch, holdout_split
+from learner.intake import load_new_classes, open_dataset
+from learner.jobs import LearnRequest, announce, attempts_key, cancel_key
+from learner.jobs_config import JobSettings
+
+if TYPE_CHECKING:
+    from learner.state import LearnerState
+    from learner.train import Progress
+
+PROGRESS_EVERY_S = 0.5
+
+
+class JobFailed(Exception):
+    """A learn job cannot complete; the message says which input was wrong and what to do."""
+
+
+class JobCancelled(Exception):
+    """`janus cancel` asked the job to stop."""
+
+
+class _Reporter:
+    """Job state updates (throttled, every phase change) and the cooperative cancel check."""
+
+    def __init__(self, task: Task, client: redis.Redis, job_id: str) -> None:
+        self.task, self.client, self.job_id = task, client, job_id
+        self._last, self._phase = 0.0, ""
+
+    def check_cancel(self) -> None:
+        if self.client.exists(cancel_key(self.job_id)):
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def phase(self, name: str, **extra: Any) -> None:
+        self.check_cancel()
+        self._phase, self._last = name, time.monotonic()
+        self.task.update_state(state="PROGRESS", meta={"phase": name, **extra})
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if p.phase == self._phase and now - self._last < PROGRESS_EVERY_S:
+            return
+        self.check_cancel()
+        self._phase, self._last = p.phase, now
+        meta = {
+            "phase": p.phase,
+            "epoch": p.epoch,
+            "epochs": p.epochs,
+            "step": p.step,
+            "steps": p.steps,
+            "loss": p.loss if math.isfinite(p.loss) else None,
+            "samples_per_s": p.samples_per_s,
+            "eta_s": p.eta_s if math.isfinite(p.eta_s) else None,
+        }
+        self.task.update_state(state="PROGRESS", meta=meta)
+
+
+def _settings(task: Task) -> JobSettings:
+    return JobSettings.model_validate(task.app.conf.janus_settings)
+
+
+def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
+    if request.parent == "root":
+        return None
+    if request.parent == "serving":
+        return store.serving()
+    return store.get(request.parent).id
+
+
+def _parent_state(store: VersionStore, parent: str | None, request: LearnRequest) -> LearnerState:
+    from learner.config import BackboneConfig, LoRAConfig
+    from learner.state import LearnerState
+    from learner.versioning import load_state
+
+    if parent is None:
+        return LearnerState(request.backbone or BackboneConfig(), request.lora or LoRAConfig())
+    state = load_state(store, parent)
+    if request.backbone is not None and request.backbone != state.backbone:
+        raise JobFailed(
+            f"backbone {request.backbone.name} differs from parent {parent}'s "
+            f"{state.backbone.name}; a version keeps its parent's backbone — drop `backbone` "
+            "or use parent='root'"
+        )
+    return state
+
+
+def _was_served(store: VersionStore, version_id: str) -> bool:
+    return store.serving() == version_id or any(e.to == version_id for e in store.history())
+
+
+def _reuse(
+    store: VersionStore, existing: Manifest, request: LearnRequest, digest: str
+) -> tuple[Manifest, bool]:
+    """A retried or repeated job: the version its key names, activated if the policy says so."""
+    if existing.data_digest != digest:
+        raise JobFailed(
+            f"idempotency key {existing.idempotency_key!r} already published {existing.id} from "
+            "other data; use a new key for a new batch"
+        )
+    wanted = _activate_by_policy(request, existing.metrics.get("holdout_accuracy_new", 0.0))
+    if wanted and not _was_served(store, existing.id):
+        store.activate(existing.id, actor=request.actor, reason=request.reason or "learn job retry")
+        return existing, True
+    return existing, False
+
+
+def _activate_by_policy(request: LearnRequest, accuracy_new: float) -> bool:
+    if request.activation == "gate":
+        return accuracy_new >= request.gate_accuracy
+    return request.activation == "auto"
+
+
+def _load_batch(request: LearnRequest, settings: JobSettings, known: Sequence[str]) -> LabeledBatch:
+    with open_dataset(
+        request.dataset,
+        roots=settings.allowed_roots,
+        store_uri=settings.store_uri,
+        max_bytes=settings.max_dataset_bytes,
+    ) as path:
+        return load_new_classes(
+            path,
+            known,
+            min_per_class=settings.min_per_class,
+            max_bytes=settings.max_dataset_bytes,
+            shown=request.dataset,
+        )
+
+
+def _train_and_publish(
+    store: VersionStore,
+    request: LearnRequest,
+    settings: JobSettings,
+    report: _Reporter,
+    job_id: str,
+    key: str,
+) -> dict[str, Any]:
+    from learner.onnx_export import check_onnx, export_onnx
+    from learner.train import evaluate, learn_task
+    from learner.versioning import publish_state
+
+    cfg = request.train_config()
+    report.phase("load")
+    existing = store.find_by_key(key)
+    if existing is not None:  # checked first: a retry's parent may be its own published version
+        batch = _load_batch(request, settings, known=())
+        version, activated = _reuse(store, existing, request, f"sha256:{batch.digest()}")
+        return _result(store, version, activated, reused=True)
+    parent = _parent_id(store, request)
+    state = _parent_state(store, parent, request)
+    batch = _load_batch(request, settings, known=state.class_names)
+    digest = f"sha256:{batch.digest()}"
+    train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
+    result = learn_task(state, train, cfg, report)
+    report.phase("evaluate")
+    metrics = dict(result.metrics)
+    metrics["holdout_accuracy_new"] = evaluate(result.model, holdout, result.state.class_names)
+    metrics["train_samples"] = float(len(train))
+    metrics["holdout_samples"] = float(len(holdout))
+    report.phase("export")
+    onnx = export_onnx(result.model, result.state.class_names)
+    metrics["onnx_max_abs_diff"] = check_onnx(result.model, onnx, atol=1e-3)
+    activate = _activate_by_policy(request, metrics["holdout_accuracy_new"])
+    report.phase("publish")
+    manifest = publish_state(
+        store,
+        result.state,
+        cfg,
+        parent=parent,
+        data_digest=digest,
+        metrics=metrics,
+        onnx=onnx,
+        job_id=job_id if _is_key(job_id) else None,
+        idempotency_key=key,
+        activate=activate,
+        actor=request.actor,
+        reason=request.reason or f"learn job {job_id}",
+    )
+    return _result(store, manifest, activate, reused=False)
+
+
+def _is_key(value: str) -> bool:
+    from adapters_store.paths import KEY
+
+    return KEY.fullmatch(value) is not None and ".." not in value
+
+
+def _result(
+    store: VersionStore, manifest: Manifest, activated: bool, reused: bool
+) -> dict[str, Any]:
+    return {
+        "version": manifest.id,
+        "parent": manifest.parent,
+        "classes": list(manifest.new_classes),
+        "metrics": dict(manifest.metrics),
+        "activated": activated,
+        "serving": store.serving(),
+        "reused": reused,
+    }
+
+
+def learn_job(task: Task, **kwargs: Any) -> dict[str, Any]:
+    """The body of `janus.learn` (bound: `task` is the Celery task; kwargs: a LearnRequest)."""
+    job_id = str(task.request.id)
+    settings = _settings(task)
+    with redis.Redis.from_url(str(task.app.conf.broker_url)) as client:
+        return _run(task, client, job_id, settings, kwargs)
+
+
+def _run(
+    task: Task, client: redis.Redis, job_id: str, settings: JobSettings, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    report = _Reporter(task, client, job_id)
+    attempt = int(client.incr(attempts_key(job_id)))
+    client.expire(attempts_key(job_id), int(settings.result_expires_s))
+    try:
+        if attempt > settings.max_attempts:
+            raise JobFailed(
+                f"the worker was lost {attempt - 1} times while running this job (out of memory? "
+                "see the worker log); not retrying — fix the cause and submit it again"
+            )
+        try:
+            request = LearnRequest.model_validate(kwargs)
+        except ValidationError as err:
+            raise JobFailed(f"invalid job arguments: {err}") from None
+        store = open_store(settings.store_uri)
+        key = request.idempotency_key or f"job-{job_id}"
+        before = store.serving()
+        result = _train_and_publish(store, request, settings, report, job_id, key)
+    except JobCancelled as exc:
+        task.backend.mark_as_revoked(job_id, str(exc), request=task.request)
+        raise Ignore() from None
+    except SoftTimeLimitExceeded:
+        raise JobFailed(
+            f"the job ran past its soft time limit ({settings.soft_time_limit_s:g} s); raise "
+            "JANUS_JOB_SOFT_TIME_LIMIT_S (and the hard limit and visibility timeout above it) "
+            "or train fewer epochs"
+        ) from None
+    except (DataError, StoreError, ValueError) as exc:
+        raise JobFailed(str(exc)) from None
+    if result["activated"] and result["serving"] != before:
+        with contextlib.suppress(redis.RedisError):
+            announce(
+                client,
+                {
+                    "event": "serving-changed",
+                    "version": result["serving"],
+                    "previous": before,
+                    "store": store.uri,
+                    "job_id": job_id,
+                    "time": datetime.now(UTC).isoformat(),
+                },
+            )
+    return result

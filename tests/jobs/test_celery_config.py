@@ -1,0 +1,49 @@
+"""The Celery app's settings for long jobs, and the activation policy (no services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from learner.celery_app import create_app
+from learner.jobs import LEARN_TASK, LearnRequest
+from learner.jobs_config import JobSettings
+from learner.tasks import _activate_by_policy
+
+
+def test_app_is_configured_for_long_json_only_jobs(tmp_path: Path) -> None:
+    settings = JobSettings.from_env(
+        {
+            "JANUS_DATA_DIR": str(tmp_path),
+            "JANUS_JOB_TIME_LIMIT_S": "100",
+            "JANUS_JOB_SOFT_TIME_LIMIT_S": "90",
+            "JANUS_VISIBILITY_TIMEOUT_S": "120",
+        }
+    )
+    app = create_app(settings, "redis://:pw@127.0.0.1:1/0")  # connects to nothing yet
+    conf = app.conf
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
+    assert conf.task_soft_time_limit == 90 and conf.task_time_limit == 100
+    assert conf.broker_transport_options["visibility_timeout"] == 120
+    assert conf.result_expires and conf.broker_url == conf.result_backend
+    assert LEARN_TASK in app.tasks
+
+
+def test_app_without_redis_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"JANUS_REDIS_URL.*janus worker"):
+        create_app(JobSettings.from_env({"JANUS_DATA_DIR": str(tmp_path)}))
+
+
+@pytest.mark.parametrize(
+    ("activation", "accuracy", "expected"),
+    [("auto", 0.0, True), ("manual", 100.0, False), ("gate", 79.9, False), ("gate", 80.0, True)],
+)
+def test_activation_policy(activation: str, accuracy: float, expected: bool) -> None:
+    request = LearnRequest.model_validate(
+        {"dataset": "/d", "activation": activation, "gate_accuracy": 80.0}
+    )
+    assert _activate_by_policy(request, accuracy) is expected
