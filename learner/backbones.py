@@ -102,9 +102,11 @@ def _pristine_cached(cfg_json: str) -> tuple[dict[str, torch.Tensor], InputSpec,
     cfg = BackboneConfig.model_validate_json(cfg_json)
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     try:
-        model = timm.create_model(
-            cfg.name, pretrained=cfg.weights == "hub", num_classes=0, **kwargs
-        )
+        with torch.random.fork_rng():  # weights="none": the same random init in every process
+            torch.manual_seed(0)
+            model = timm.create_model(
+                cfg.name, pretrained=cfg.weights == "hub", num_classes=0, **kwargs
+            )
     except RuntimeError as exc:
         raise RuntimeError(f"cannot create timm model {cfg.name!r}: {exc}") from exc
     if cfg.weights in ("file", "efficientnet-lite0"):

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from learner.jobs_cli import register as register_jobs
 
     register_jobs(sub)
+    from service.commands import register as register_service
+
+    register_service(sub, bench)
     return parser
 
 

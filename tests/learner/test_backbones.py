@@ -68,3 +68,25 @@ def test_paper_vit_config_builds_through_the_same_code() -> None:
     assert bb.num_features == 768 and bb.spec.size == 224
     layers = inject_lora(bb.model, LoRAConfig())
     assert len(layers) == 12 and all(layer.rows == (768, 2304) for layer in layers.values())
+
+
+def test_random_init_is_the_same_in_every_process() -> None:
+    """weights='none' (tiny test models) must rebuild identically elsewhere, e.g. a worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "from tests.conftest import TINY_BACKBONES;"
+        "from learner.backbones import create_backbone;"
+        "print(create_backbone(TINY_BACKBONES['convnet']).digest)"
+    )
+    torch.manual_seed(123)  # the caller's RNG state must not matter
+    here = create_backbone(TINY_BACKBONES["convnet"]).digest
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()
+    assert there == here

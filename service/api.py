@@ -1,0 +1,409 @@
+"""The HTTP API: `/classify` and the admin routes, as a FastAPI app mounted in the BentoML service.
+
+    POST /classify                     multipart images (field `images`, one or several) or JSON
+                                       {"images": [base64, ...], "top_k": 3}
+    POST /admin/learn                  JSON LearnRequest (dataset path), or multipart: an archive
+                                       in `dataset` and the other LearnRequest fields as JSON in
+                                       `request` → 202 {"job_id"}
+    GET  /admin/jobs, /admin/jobs/ID   job state and progress;  POST /admin/jobs/ID/cancel
+    GET  /admin/versions, /admin/versions/ID
+    POST /admin/versions/ID/activate, /admin/rollback
+    GET  /admin/history
+
+Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
+`$JANUS_CLASSIFY_TOKEN` (or the admin token) when that is set. Missing token → 401, wrong → 403.
+"""
+
+import json
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from adapters_store import NotFound, NothingToRollBack, StoreError
+from learner.jobs import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
+from service.core import NoQueue, Serving
+from service.images import ImageError, decode_base64, open_image, to_input
+
+GetServing = Callable[[], Serving]
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class ImageResult(BaseModel):
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    version: str = Field(description="the model version that answered every image")
+    results: list[ImageResult]
+
+
+class ClassifyJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1, description="base64 images or data: URLs")
+    top_k: int | None = Field(None, ge=1)
+
+
+class ChangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str | None = Field(None, max_length=200)
+    reason: str = Field("", max_length=2000)
+
+
+class RollbackBody(ChangeBody):
+    to: str | None = Field(None, description="version to serve; default the previous one")
+
+
+class LearnAccepted(BaseModel):
+    job_id: str
+    state: str
+    dataset: str
+
+
+_bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _check(creds: HTTPAuthorizationCredentials | None, tokens: list[str], what: str) -> None:
+    if creds is None:
+        raise HTTPException(
+            401,
+            f"{what} needs `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not any(secrets.compare_digest(creds.credentials.encode(), t.encode()) for t in tokens):
+        raise HTTPException(403, f"the bearer token is not valid for {what}")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)  # (B, C)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _top(probs: np.ndarray, names: tuple[str, ...], k: int) -> list[ImageResult]:
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1)[:, :k]  # (B, k)
+    return [
+        ImageResult(predictions=[Prediction(label=names[j], score=float(p[j])) for j in row])
+        for p, row in zip(probs, order, strict=True)
+    ]
+
+
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                        "top_k": {"type": "integer"},
+                    },
+                    "required": ["images"],
+                }
+            },
+            "application/json": {"schema": ClassifyJSON.model_json_schema()},
+        },
+    }
+}
+
+_LEARN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": LearnRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "dataset": {"type": "string", "format": "binary"},
+                        "request": {"type": "string", "description": "LearnRequest JSON"},
+                    },
+                    "required": ["dataset"],
+                }
+            },
+        },
+    }
+}
+
+
+def _bad_json(err: Exception) -> HTTPException:
+    if isinstance(err, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        return HTTPException(422, f"invalid request: {problems}")
+    return HTTPException(400, f"invalid JSON body: {err}")
+
+
+async def _read_images(request: Request, serving: Serving) -> tuple[list[bytes], int | None]:
+    """The raw images and top_k of a multipart or JSON classify request."""
+    s = serving.settings
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        try:
+            form = await request.form(max_files=s.max_images, max_fields=8)
+        except Exception as err:  # starlette raises its own MultiPartException / HTTPException
+            raise HTTPException(400, f"invalid multipart body: {err}") from None
+        files = [f for f in form.getlist("images") + form.getlist("image")]
+        data = []
+        for f in files:
+            if not isinstance(f, UploadFile):
+                raise HTTPException(400, "field `images` must carry files (multipart uploads)")
+            data.append(await f.read())
+        raw_k = form.get("top_k")
+        try:
+            top_k = int(str(raw_k)) if raw_k is not None else None
+        except ValueError:
+            raise HTTPException(422, f"top_k must be an integer, got {raw_k!r}") from None
+        return data, top_k
+    if media != "application/json":
+        raise HTTPException(
+            415, f"content type {media!r}: send multipart/form-data or application/json"
+        )
+    try:
+        body = ClassifyJSON.model_validate_json(await request.body())
+    except ValidationError as err:
+        if any(e["type"] == "json_invalid" for e in err.errors()):
+            raise HTTPException(400, f"invalid JSON body: {err.errors()[0]['msg']}") from None
+        raise _bad_json(err) from None
+    return [decode_base64(text, i) for i, text in enumerate(body.images)], body.top_k
+
+
+def create_api(get_serving: GetServing) -> FastAPI:
+    """The FastAPI app; `get_serving()` returns this worker's `Serving`."""
+    app = FastAPI(
+        title="janus-serve",
+        description="Continual-learning image classification with hot-swapped versions",
+        version="0.1.0",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+    )
+    Svc = Annotated[Serving, Depends(get_serving)]
+
+    def classify_auth(serving: Svc, creds: Credentials) -> None:
+        s = serving.settings
+        if s.classify_token is None:
+            return
+        tokens = [s.classify_token.get_secret_value()]
+        if s.admin_token is not None:
+            tokens.append(s.admin_token.get_secret_value())
+        _check(creds, tokens, "classify")
+
+    def admin_auth(serving: Svc, creds: Credentials) -> None:
+        if serving.settings.admin_token is None:
+            raise HTTPException(403, "the admin API is off: set JANUS_ADMIN_TOKEN to enable it")
+        _check(creds, [serving.settings.admin_token.get_secret_value()], "the admin API")
+
+    @app.exception_handler(ImageError)
+    async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        code = 409 if isinstance(exc, NothingToRollBack) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(NoQueue)
+    async def _no_queue(_: Request, exc: NoQueue) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        dependencies=[Depends(classify_auth)],
+        openapi_extra=_CLASSIFY_BODY,
+        summary="Top-k labels of one or several images, and the version that answered",
+    )
+    async def classify(request: Request, serving: Svc, top_k: int | None = None) -> Any:
+        start = time.perf_counter()
+        model = None
+        try:
+            data, body_k = await _read_images(request, serving)
+            s = serving.settings
+            k = next((v for v in (body_k, top_k) if v is not None), 5)
+            if not 1 <= k <= s.max_top_k:
+                raise HTTPException(422, f"top_k must be between 1 and {s.max_top_k}, got {k}")
+            if not data:
+                raise HTTPException(400, "no images: send files in the multipart field `images`")
+            if len(data) > s.max_images:
+                raise HTTPException(
+                    413, f"{len(data)} images in one request; the limit is {s.max_images}"
+                )
+            images = await run_in_threadpool(
+                lambda: [
+                    open_image(d, i, formats=s.image_formats, max_pixels=s.max_pixels)
+                    for i, d in enumerate(data)
+                ]
+            )
+            model = serving.model  # this request's version, whatever swaps meanwhile
+            if model is None:
+                raise HTTPException(503, "no version loaded yet; see GET /readyz")
+            x = await run_in_threadpool(to_input, images, model.size, model.mean, model.std)
+            logits = await serving.batcher.logits(model, x)
+            answer = ClassifyResponse(
+                version=model.version, results=_top(_softmax(logits), model.class_names, k)
+            )
+        except (HTTPException, ImageError) as err:
+            code = err.status_code if isinstance(err, HTTPException) else err.status
+            serving.metrics.requests.labels(version="none", status=str(code)).inc()
+            raise
+        version = model.version
+        serving.metrics.requests.labels(version=version, status="200").inc()
+        serving.metrics.images.labels(version=version).inc(len(data))
+        serving.metrics.latency.labels(version=version).observe(time.perf_counter() - start)
+        return answer
+
+    app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
+    return app
+
+
+def _announce(serving: Serving, version: str, previous: str | None) -> None:
+    import redis
+
+    url = serving.redis_url()
+    if url is None:
+        return
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2) as client:
+            announce(client, {"event": "serving-changed", "version": version, "previous": previous})
+    except (redis.RedisError, OSError):
+        pass  # workers also poll the pointer
+
+
+def _admin_router(Svc: Any) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"])
+
+    @router.post("/learn", status_code=202, response_model=LearnAccepted, openapi_extra=_LEARN_BODY)
+    async def learn(request: Request, serving: Svc) -> LearnAccepted:
+        """Queue a learn job on an uploaded archive, or on a dataset path the workers can read."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "multipart/form-data":
+            fields, ref = await _staged_upload(request, serving)
+        else:
+            try:
+                fields = json.loads(await request.body() or b"null")
+            except json.JSONDecodeError as err:
+                raise _bad_json(err) from None
+            if not isinstance(fields, dict):
+                raise HTTPException(422, "send a JSON object with at least `dataset`")
+            ref = str(fields.get("dataset", ""))
+        try:
+            req = LearnRequest.model_validate({**fields, "dataset": ref})
+        except ValidationError as err:
+            raise _bad_json(err) from None
+        job_id = await run_in_threadpool(submit, serving.celery(), req)
+        return LearnAccepted(job_id=job_id, state="queued", dataset=req.dataset)
+
+    @router.get("/jobs", response_model=list[JobStatus])
+    def jobs(serving: Svc, limit: int = 20) -> list[JobStatus]:
+        """The most recent learn jobs, newest first."""
+        return list_jobs(serving.celery(), max(1, min(limit, 500)))
+
+    @router.get("/jobs/{job_id}", response_model=JobStatus)
+    def job(job_id: str, serving: Svc) -> JobStatus:
+        """A job's state, progress while running, version on success, error on failure."""
+        found = status(serving.celery(), job_id)
+        if found.state == "unknown":
+            raise HTTPException(404, f"no job {job_id}; list jobs with GET /admin/jobs")
+        return found
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
+    def cancel_job(job_id: str, serving: Svc) -> JobStatus:
+        """Ask a queued or running job to stop."""
+        try:
+            return cancel(serving.celery(), job_id)
+        except ValueError as err:
+            raise HTTPException(404, str(err)) from None
+
+    @router.get("/versions")
+    def versions(serving: Svc) -> list[dict[str, Any]]:
+        """Every published version, oldest first, with which one serves."""
+        current = serving.store.serving()
+        return [
+            {**m.model_dump(mode="json"), "serving": m.id == current}
+            for m in serving.store.versions()
+        ]
+
+    @router.get("/versions/{version_id}")
+    def version(version_id: str, serving: Svc) -> dict[str, Any]:
+        """One version's manifest and lineage."""
+        m = serving.store.get(version_id)
+        return {
+            "manifest": m.model_dump(mode="json"),
+            "lineage": [v.id for v in serving.store.lineage(version_id)],
+            "serving": serving.store.serving() == m.id,
+        }
+
+    @router.post("/versions/{version_id}/activate")
+    def activate(version_id: str, serving: Svc, body: ChangeBody | None = None) -> dict[str, Any]:
+        """Serve a version (every worker swaps to it within seconds)."""
+        b = body or ChangeBody()
+        entry = serving.store.activate(version_id, actor=b.actor or "admin-api", reason=b.reason)
+        _announce(serving, entry.to, entry.from_)
+        return entry.model_dump(mode="json", by_alias=True)
+
+    @router.post("/rollback")
+    def rollback(serving: Svc, body: RollbackBody | None = None) -> dict[str, Any]:
+        """Serve the previously serving version, or `to`."""
+        b = body or RollbackBody()
+        entry = serving.store.rollback(b.to, actor=b.actor or "admin-api", reason=b.reason)
+        _announce(serving, entry.to, entry.from_)
+        return entry.model_dump(mode="json", by_alias=True)
+
+    @router.get("/history")
+    def history(serving: Svc) -> list[dict[str, Any]]:
+        """Every change of the serving version, oldest first."""
+        return [e.model_dump(mode="json", by_alias=True) for e in serving.store.history()]
+
+    return router
+
+
+async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, Any], str]:
+    """A multipart learn request: the archive staged in the store, and the other fields."""
+    from learner.intake import stage_dataset
+
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as err:
+        raise HTTPException(400, f"invalid multipart body: {err}") from None
+    upload = form.get("dataset")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, "put the archive (zip, tar, tar.gz, npz) in the file `dataset`")
+    raw = form.get("request")
+    try:
+        fields = json.loads(str(raw)) if raw else {}
+    except json.JSONDecodeError as err:
+        raise HTTPException(400, f"field `request` is not valid JSON: {err}") from None
+    if not isinstance(fields, dict):
+        raise HTTPException(422, "field `request` must be a JSON object of LearnRequest fields")
+    with tempfile.TemporaryDirectory(prefix="janus-upload-") as tmp:
+        path = Path(tmp) / "dataset"
+        with open(path, "wb") as out:
+            while chunk := await upload.read(1 << 20):
+                out.write(chunk)
+        ref = await run_in_threadpool(stage_dataset, path, serving.jobs.store_uri)
+    return fields, ref

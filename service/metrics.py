@@ -1,0 +1,74 @@
+"""Prometheus metrics of the service, per worker process, labelled by version.
+
+Created on first use inside the worker: BentoML sets `PROMETHEUS_MULTIPROC_DIR` after importing
+the service module, and `/metrics` then sums counters and histograms over every worker and lists
+gauges per worker (`pid` label), so the serving version of each worker is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    requests: Any  # Counter(version, status)
+    latency: Any  # Histogram(version)
+    images: Any  # Counter(version)
+    batch_size: Any  # Histogram
+    swaps: Any  # Counter(version)
+    swap_seconds: Any  # Histogram
+    swap_failures: Any  # Counter(version)
+    serving: Any  # Gauge(version): 1 for the version this worker serves
+
+    def set_serving(self, version: str, previous: str | None) -> None:
+        if previous is not None:
+            self.serving.labels(version=previous).set(0)
+        self.serving.labels(version=version).set(1)
+
+
+@cache
+def service_metrics() -> ServiceMetrics:
+    """This process's metrics (one set per process: prometheus refuses duplicates)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return ServiceMetrics(
+        requests=Counter(
+            "janus_classify_requests",
+            "classify requests by answering version and status",
+            ["version", "status"],
+        ),
+        latency=Histogram(
+            "janus_classify_latency_seconds",
+            "classify latency by answering version",
+            ["version"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        images=Counter("janus_classified_images", "images classified by version", ["version"]),
+        batch_size=Histogram(
+            "janus_batch_size",
+            "images per model call (adaptive batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        ),
+        swaps=Counter("janus_swaps", "hot swaps completed, by new version", ["version"]),
+        swap_seconds=Histogram(
+            "janus_swap_seconds",
+            "load + verify + warm time of a hot swap",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        ),
+        swap_failures=Counter(
+            "janus_swap_failures",
+            "versions that failed to load (the old one kept serving)",
+            ["version"],
+        ),
+        serving=Gauge(
+            "janus_serving_version",
+            "1 for the version this worker process serves",
+            ["version"],
+            multiprocess_mode="liveall",
+        ),
+    )

@@ -1,0 +1,117 @@
+"""One published version, loaded for inference: ONNX Runtime, or torch when it has no ONNX file.
+
+`load_version` reads every file of the version through the store (each checked against its
+manifest digest), builds the session (providers CUDA then CPU, intra-op threads per worker), checks
+the class names against the manifest and warms the model with a batch, so a version that loads is
+known to answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from adapters_store import VersionStore
+from adapters_store.manifest import ONNX
+from service.config import Engine
+
+PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An immutable, warmed model of one version; `logits` maps (B, 3, S, S) → (B, C)."""
+
+    version: str
+    class_names: tuple[str, ...]
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    engine: str
+    logits: Callable[[np.ndarray], np.ndarray]
+
+
+def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    available = set(ort.get_available_providers())
+    providers = [p for p in PROVIDERS if p in available]
+    session = ort.InferenceSession(data, opts, providers=providers)
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        size = int(meta["janus.input_size"])
+        mean = tuple(float(v) for v in json.loads(meta["janus.mean"]))
+        std = tuple(float(v) for v in json.loads(meta["janus.std"]))
+        names = tuple(str(c) for c in json.loads(meta["janus.class_names"]))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"version {version}: model.onnx lacks janus metadata ({err})") from None
+    in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        (out,) = session.run([out_name], {in_name: x})
+        return np.asarray(out)
+
+    engine = f"onnxruntime:{session.get_providers()[0]}"
+    return LoadedModel(version, names, size, mean, std, engine, logits)  # type: ignore[arg-type]
+
+
+def _torch(store: VersionStore, version: str, threads: int) -> LoadedModel:
+    import torch
+
+    from learner.state import build_model
+    from learner.versioning import backbone_digest, load_state
+
+    torch.set_num_threads(threads)
+    state = load_state(store, version)
+    expected = store.get(version).backbone.weights_sha256
+    if backbone_digest(state.backbone) != expected:
+        raise ValueError(
+            f"version {version}: the backbone {state.backbone.name} this process builds differs "
+            f"from the one it was trained on (sha256 {expected[:12]}…); serve its model.onnx "
+            "(JANUS_ENGINE=auto) or fix the backbone weights"
+        )
+    model = build_model(state)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    spec = model.spec
+    return LoadedModel(
+        version,
+        tuple(state.class_names),
+        spec.size,
+        tuple(spec.mean),  # type: ignore[arg-type]
+        tuple(spec.std),  # type: ignore[arg-type]
+        "torch",
+        logits,
+    )
+
+
+def load_version(
+    store: VersionStore, version: str, *, engine: Engine = "auto", threads: int = 1
+) -> LoadedModel:
+    """Verifies, loads and warms a version; raises with the reason if it cannot serve."""
+    manifest = store.verify_version(version)  # every file against its sha256
+    if engine == "onnx" and ONNX not in manifest.files:
+        raise ValueError(f"version {version} has no {ONNX} and JANUS_ENGINE=onnx")
+    if engine != "torch" and ONNX in manifest.files:
+        model = _onnx(version, store.read_bytes(version, ONNX), threads)
+    else:
+        model = _torch(store, version, threads)
+    if list(model.class_names) != list(manifest.classes):
+        raise ValueError(
+            f"version {version}: the model's classes differ from its manifest; "
+            "run `janus verify` and republish it"
+        )
+    warm = np.zeros((2, 3, model.size, model.size), np.float32)
+    out = model.logits(warm)
+    if out.shape != (2, len(model.class_names)) or not np.isfinite(out).all():
+        raise ValueError(f"version {version}: warm-up gave logits of shape {out.shape}")
+    return model

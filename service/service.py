@@ -1,0 +1,61 @@
+"""The BentoML service (DESIGN.md §5): `bentoml serve service.service:Janus`.
+
+Each worker process builds one `Serving` (store, hot-swapped model, adaptive batcher) and mounts
+the FastAPI app of `service.api` (`/classify`, `/admin/*`, docs at `/api/docs`, also merged into
+BentoML's `/docs.json`). Middleware answers 413 for oversized bodies before anything is decoded,
+and `/readyz` with this worker's version and last load failure. `/metrics` is BentoML's
+Prometheus endpoint, with the `janus_*` metrics of every worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+
+from service.api import create_api
+from service.config import ServiceSettings
+from service.core import Serving
+from service.middleware import BodyLimit, Readiness
+
+SETTINGS = ServiceSettings.from_env()
+
+
+def _serving() -> Serving:
+    return bentoml.get_current_service().serving  # type: ignore[no-any-return]
+
+
+def _probe() -> dict[str, Any] | None:
+    try:
+        return _serving().swapper.readiness()
+    except Exception:  # not instantiated yet
+        return None
+
+
+api = create_api(_serving)
+
+
+@bentoml.service(
+    name="janus",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 120},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(api, path="/")
+class Janus:
+    """Classification with hot-swapped versions; everything lives in `self.serving`."""
+
+    def __init__(self) -> None:
+        self.serving = Serving(SETTINGS)
+        self.serving.start()
+
+    def __is_ready__(self) -> bool:
+        return self.serving.model is not None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.serving.stop()
+
+
+Janus.add_asgi_middleware(Readiness, probe=_probe)  # type: ignore[attr-defined]
+Janus.add_asgi_middleware(BodyLimit, limit=SETTINGS.body_limit)  # type: ignore[attr-defined]

@@ -1,0 +1,176 @@
+"""Hot swap in every worker process (DESIGN.md §5).
+
+A background thread compares the loaded version with the store's serving pointer when Redis
+announces a change (`janus:serving`) and at least every `poll_s` seconds. A different version is
+loaded, verified and warmed off the request path, then published by replacing one reference;
+requests hold the reference they started with, so none fails or mixes versions. A version that
+fails to load is remembered (readiness detail, metrics) and retried after `retry_failed_s`, while
+the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from adapters_store import StoreError, VersionStore
+from learner.jobs import SERVING_CHANNEL
+from service.metrics import ServiceMetrics
+from service.runtime import LoadedModel
+
+log = logging.getLogger("janus.swap")
+
+Loader = Callable[[str], LoadedModel]
+
+
+@dataclass
+class SwapState:
+    """What readiness reports: the serving model, and the last failure if any."""
+
+    model: LoadedModel | None = None
+    loaded_at: float | None = None
+    target: str | None = None
+    failed_version: str | None = None
+    last_error: str | None = None
+    retry_at: float = 0.0
+    swaps: int = 0
+    last_swap_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HotSwapper:
+    """Keeps `current` equal to the serving version; `start()` runs it in a daemon thread."""
+
+    def __init__(
+        self,
+        store: VersionStore,
+        loader: Loader,
+        metrics: ServiceMetrics,
+        *,
+        poll_s: float = 1.0,
+        retry_failed_s: float = 15.0,
+        redis_url: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.store, self.loader, self.metrics = store, loader, metrics
+        self.poll_s, self.retry_failed_s = poll_s, retry_failed_s
+        self.redis_url = redis_url
+        self.state = SwapState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: Any = None
+        self._next_subscribe = 0.0
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self.state.model
+
+    def readiness(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "ready": s.model is not None,
+            "version": s.model.version if s.model else None,
+            "engine": s.model.engine if s.model else None,
+            "serving_pointer": s.target,
+            "failed_version": s.failed_version,
+            "last_error": s.last_error,
+            "swaps": s.swaps,
+            "last_swap_s": s.last_swap_s,
+            "pid": os.getpid(),
+        }
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="janus-hot-swap", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._close_pubsub()
+
+    def check(self) -> None:
+        """One comparison of the loaded version with the pointer (and a swap if they differ)."""
+        try:
+            target = self.store.serving()
+        except (StoreError, OSError) as err:
+            self.state.last_error = f"cannot read the serving pointer: {err}"
+            return
+        self.state.target = target
+        loaded = self.state.model.version if self.state.model else None
+        if target is None or target == loaded:
+            return
+        if target == self.state.failed_version and time.monotonic() < self.state.retry_at:
+            return
+        self._swap(target, loaded)
+
+    def _swap(self, target: str, loaded: str | None) -> None:
+        start = time.monotonic()
+        try:
+            model = self.loader(target)
+        except Exception as err:  # any failure keeps the old version serving
+            self.state.failed_version, self.state.last_error = target, f"{target}: {err}"
+            self.state.retry_at = time.monotonic() + self.retry_failed_s
+            self.metrics.swap_failures.labels(version=target).inc()
+            log.warning("could not load version %s (still serving %s): %s", target, loaded, err)
+            return
+        elapsed = time.monotonic() - start
+        self.state.model = model  # the swap: one reference
+        self.state.loaded_at = time.time()
+        self.state.swaps += 1
+        self.state.last_swap_s = elapsed
+        if self.state.failed_version == target or self.state.failed_version is None:
+            self.state.failed_version, self.state.last_error = None, None
+        self.metrics.swaps.labels(version=target).inc()
+        self.metrics.swap_seconds.observe(elapsed)
+        self.metrics.set_serving(target, loaded)
+        log.info("serving %s (was %s), loaded in %.2f s", target, loaded, elapsed)
+
+    def _subscribe(self) -> None:
+        if self._pubsub is not None or time.monotonic() < self._next_subscribe:
+            return
+        self._next_subscribe = time.monotonic() + 10.0
+        url = self.redis_url()
+        if not url:
+            return
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=self.poll_s + 5)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(SERVING_CHANNEL)
+            self._pubsub = pubsub
+        except (redis.RedisError, OSError) as err:
+            log.info("no Redis announcements (polling only): %s", err)
+
+    def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+            self._pubsub = None
+
+    def _wait(self) -> None:
+        """Until an announcement arrives or `poll_s` passes."""
+        if self._pubsub is None:
+            self._stop.wait(self.poll_s)
+            return
+        try:
+            self._pubsub.get_message(timeout=self.poll_s)
+        except (redis.RedisError, OSError, ValueError):
+            self._close_pubsub()
+            self._stop.wait(self.poll_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._subscribe()
+            try:
+                self.check()
+            except Exception as err:  # the thread must outlive any surprise
+                self.state.last_error = f"hot-swap check failed: {err}"
+                log.exception("hot-swap check failed")
+            self._wait()

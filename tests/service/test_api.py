@@ -1,0 +1,164 @@
+"""The HTTP API in-process (no bentoml serve): classify, limits and bad input, auth, admin reads."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from learner.data import LabeledBatch
+from tests.service.conftest import ADMIN, Api, make_api, png
+
+
+def _digit(digits: LabeledBatch, label: int) -> bytes:
+    index = int(np.nonzero(digits.labels == label)[0][0])
+    return png(digits.images[index, ..., 0])
+
+
+def test_classify_multipart_several_images(api: Api, digits: LabeledBatch) -> None:
+    files = [("images", (f"{i}.png", _digit(digits, i), "image/png")) for i in (0, 2, 3)]
+    r = api.client.post("/classify", files=files, data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == "v0002"
+    assert len(body["results"]) == 3
+    for result in body["results"]:
+        preds = result["predictions"]
+        assert len(preds) == 2
+        assert {p["label"] for p in preds} <= {"digit0", "digit1", "digit2", "digit3"}
+        assert preds[0]["score"] >= preds[1]["score"]
+
+
+def test_classify_base64_json_and_data_url(api: Api, digits: LabeledBatch) -> None:
+    raw = base64.b64encode(_digit(digits, 1)).decode()
+    r = api.client.post(
+        "/classify", json={"images": [raw, f"data:image/png;base64,{raw}"], "top_k": 4}
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0] == results[1]
+    assert sum(p["score"] for p in results[0]["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_readiness_detail(api: Api) -> None:
+    r = api.client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["version"] == "v0002"
+    assert r.json()["engine"].startswith("onnxruntime")
+
+
+def test_not_ready_without_a_version(tmp_path) -> None:
+    a = make_api(tmp_path / "empty-store")
+    assert a.client.get("/readyz").status_code == 503
+    r = a.client.post("/classify", files=[("images", ("a.png", png(np.zeros((8, 8), np.uint8))))])
+    assert r.status_code == 503
+    a.serving.stop()
+
+
+def test_body_over_limit_is_413_before_decoding(api: Api) -> None:
+    r = api.client.post(
+        "/classify", content=b"x" * 300_000, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    assert "above the limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while reading
+        for _ in range(40):
+            yield b"y" * 10_000
+
+    r = api.client.post("/classify", content=chunks(), headers={"content-type": "text/plain"})
+    assert r.status_code == 413
+
+
+def test_pixel_limit_decompression_bomb(api: Api) -> None:
+    big = np.zeros((400, 400), np.uint8)  # 160k pixels > 100k limit; a small PNG
+    r = api.client.post("/classify", files=[("images", ("big.png", png(big), "image/png"))])
+    assert r.status_code == 413
+    assert "pixels" in r.json()["detail"]
+
+
+def test_format_outside_allowlist_is_415(tmp_path, version_store) -> None:
+    a = make_api(version_store, image_formats=("PNG",))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="JPEG")
+    r = a.client.post("/classify", files=[("images", ("a.jpg", buf.getvalue(), "image/jpeg"))])
+    assert r.status_code == 415
+    assert "JPEG" in r.json()["detail"]
+    r = a.client.post("/classify", files=[("images", ("a.txt", b"hello, not an image"))])
+    assert r.status_code == 415
+    r = a.client.post("/classify", content=b"a=b", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    a.serving.stop()
+
+
+def test_corrupt_image_names_the_problem(api: Api, digits: LabeledBatch) -> None:
+    data = _digit(digits, 0)
+    truncated = data[: len(data) // 2]
+    r = api.client.post("/classify", files=[("images", ("t.png", truncated, "image/png"))])
+    assert r.status_code == 400
+    assert "image 0" in r.json()["detail"] and "corrupt" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b'{"images": "abc"}', 422, "images"),
+        (b'{"images": ["%%%"]}', 400, "base64"),
+        (b'{"images": ["aGk="], "extra": 1}', 422, "extra"),
+    ],
+)
+def test_bad_json_names_the_problem(api: Api, body: bytes, status: int, words: str) -> None:
+    r = api.client.post("/classify", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_top_k_out_of_range(api: Api, digits: LabeledBatch) -> None:
+    files = [("images", ("a.png", _digit(digits, 0), "image/png"))]
+    assert api.client.post("/classify?top_k=0", files=files).status_code == 422
+    assert api.client.post("/classify?top_k=999", files=files).status_code == 422
+
+
+def test_admin_token_missing_401_wrong_403(api: Api) -> None:
+    assert api.client.get("/admin/versions").status_code == 401
+    bad = {"Authorization": "Bearer wrong-token-wrong-token"}
+    assert api.client.get("/admin/versions", headers=bad).status_code == 403
+    ok = {"Authorization": f"Bearer {ADMIN}"}
+    r = api.client.get("/admin/versions", headers=ok)
+    assert r.status_code == 200
+    assert [v["id"] for v in r.json()] == ["v0001", "v0002", "v0003"]
+    assert [v["serving"] for v in r.json()] == [False, True, False]
+
+
+def test_classify_token(version_store, digits: LabeledBatch) -> None:
+    a = make_api(version_store, classify_token="classify-token-0123456789")
+    files = [("images", ("a.png", _digit(digits, 0), "image/png"))]
+    assert a.client.post("/classify", files=files).status_code == 401
+    wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
+    assert a.client.post("/classify", files=files, headers=wrong).status_code == 403
+    for token in ("classify-token-0123456789", ADMIN):
+        h = {"Authorization": f"Bearer {token}"}
+        assert a.client.post("/classify", files=files, headers=h).status_code == 200
+    a.serving.stop()
+
+
+def test_admin_version_history_and_openapi(api: Api) -> None:
+    ok = {"Authorization": f"Bearer {ADMIN}"}
+    r = api.client.get("/admin/versions/v0002", headers=ok)
+    assert r.json()["lineage"] == ["v0002", "v0001"]
+    assert api.client.get("/admin/versions/v0099", headers=ok).status_code == 404
+    assert api.client.get("/admin/versions/bad..id", headers=ok).status_code in (400, 404)
+    assert [e["to"] for e in api.client.get("/admin/history", headers=ok).json()][-1] == "v0002"
+    paths = api.client.get("/api/openapi.json").json()["paths"]
+    assert {"/classify", "/admin/learn", "/admin/rollback", "/admin/history"} <= set(paths)
+
+
+def test_learn_without_redis_is_503(api: Api) -> None:
+    ok = {"Authorization": f"Bearer {ADMIN}"}
+    r = api.client.post("/admin/learn", json={"dataset": "/nowhere"}, headers=ok)
+    assert r.status_code == 503
+    assert "JANUS_REDIS_URL" in r.json()["detail"]

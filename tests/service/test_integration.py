@@ -1,0 +1,293 @@
+"""Against a real `bentoml serve` (2 workers), a real Celery worker and a real Redis.
+
+learn → classify → learn → every worker swaps → rollback → classify answers with the old version;
+bad requests leave every worker up; and a swap under load: versions are activated every few
+seconds while clients keep classifying, no request fails, and every answer comes from a version
+that was serving during that request.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from learner.data import LabeledBatch
+from learner.redis_embedded import EmbeddedRedis
+from tests.conftest import TINY_BACKBONES
+from tests.jobs.conftest import JobEnv, Worker, make_job_env, start_worker
+from tests.service.conftest import ADMIN, png
+from tests.service.stack import Server, start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(330)]
+
+TRAIN = {"epochs": 1, "num_threads": 1, "design_samples": 64}
+LEARN = {
+    "backbone": TINY_BACKBONES["convnet"].model_dump(mode="json"),
+    "lora": {"rank": 4},
+    "train": TRAIN,
+}
+
+
+@dataclass
+class Stack:
+    jobs: JobEnv
+    worker: Worker
+    server: Server
+    digits: LabeledBatch
+    notes: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis, digits: LabeledBatch
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("service-stack")
+    jobs = make_job_env(root, redis_server.url, "janus-service-test")
+    worker = start_worker(jobs.env, root / "worker.log")
+    server = start_server(jobs.env, root / "bentoml.log", ADMIN)
+    try:
+        worker.wait_ready(jobs.app, timeout=120)
+        server.wait_live()
+        yield Stack(jobs, worker, server, digits, {})
+    finally:
+        server.stop()
+        worker.stop()
+        jobs.app.close()
+
+
+def _image(digits: LabeledBatch, label: int, n: int = 0) -> bytes:
+    return png(digits.images[int(np.nonzero(digits.labels == label)[0][n]), ..., 0])
+
+
+def _archive(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    return buf.getvalue()
+
+
+def _wait_job(server: Server, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = server.get(f"/admin/jobs/{job_id}", headers=server.admin).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return dict(job)
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} did not end:\n{server.tail()}")
+
+
+def _classify(server: Server, digits: LabeledBatch, label: int) -> dict[str, Any]:
+    r = server.post("/classify", files=[("images", ("d.png", _image(digits, label), "image/png"))])
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _pointer_time(entry: dict[str, Any]) -> float:
+    return datetime.fromisoformat(entry["time"]).timestamp()
+
+
+def test_learn_classify_swap_rollback(stack: Stack) -> None:
+    server, digits = stack.server, stack.digits
+    assert server.get("/readyz").status_code == 503  # empty store: nothing to serve yet
+
+    # learn a first task from an uploaded archive
+    folder = stack.jobs.dataset(digits, "upload01", ["digit0", "digit1"])
+    r = server.post(
+        "/admin/learn",
+        files={"dataset": ("d.tar.gz", _archive(folder), "application/gzip")},
+        data={"request": json.dumps(LEARN)},
+        headers=server.admin,
+    )
+    assert r.status_code == 202, r.text
+    job = _wait_job(server, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["version"] == "v0001"
+    server.wait_all_serving("v0001")
+    assert server.get("/readyz").status_code == 200
+    first = _classify(server, digits, 0)
+    assert first["version"] == "v0001"
+    assert {p["label"] for p in first["results"][0]["predictions"]} == {"digit0", "digit1"}
+
+    # learn a second task from a dataset path; the job activates and announces it
+    folder = stack.jobs.dataset(digits, "path23", ["digit2", "digit3"])
+    r = server.post("/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin)
+    assert r.status_code == 202, r.text
+    job = _wait_job(server, r.json()["job_id"])
+    assert job["state"] == "succeeded" and job["version"] == "v0002", job
+    seen = server.wait_all_serving("v0002")
+    moved = _pointer_time(server.get("/admin/history", headers=server.admin).json()[-1])
+    stack.notes["swap_after_learn_s"] = seen - moved
+    second = _classify(server, digits, 2)
+    assert second["version"] == "v0002"
+    assert len(second["results"][0]["predictions"]) == 4
+
+    # roll back: every worker answers with the old version again
+    r = server.post("/admin/rollback", json={"reason": "test"}, headers=server.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["to"] == "v0001"
+    server.wait_all_serving("v0001")
+    for _ in range(4):  # several connections: both workers
+        assert _classify(server, digits, 1)["version"] == "v0001"
+    versions = server.get("/admin/versions", headers=server.admin).json()
+    assert [(v["id"], v["serving"]) for v in versions] == [("v0001", True), ("v0002", False)]
+
+
+def test_bad_requests_leave_workers_up(stack: Stack) -> None:
+    server = stack.server
+    before = server.versions()
+    assert len(before) == 2
+    bad = [
+        server.post("/classify", content=b"x" * (1 << 20) + b"x"),  # over JANUS_MAX_BODY_BYTES
+        server.post("/classify", files=[("images", ("a.png", b"\x89PNG\r\n\x1a\nbroken"))]),
+        server.post("/classify", content=b"{oops", headers={"content-type": "application/json"}),
+        server.post("/classify", files=[("images", ("a.txt", b"plain text"))]),
+        server.get("/admin/versions"),
+        server.get("/admin/versions", headers={"Authorization": "Bearer not-the-token-at-all"}),
+    ]
+    assert [r.status_code for r in bad] == [413, 400, 400, 415, 401, 403]
+    assert server.versions() == before  # the same worker processes, still serving
+    assert _classify(server, stack.digits, 0)["version"] == before[next(iter(before))]
+
+
+@dataclass
+class Answer:
+    start: float
+    end: float
+    status: int
+    version: str | None
+
+
+def _load(server: Server, image: bytes, stop: threading.Event, out: list[Answer]) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while not stop.is_set():
+            start = time.time()
+            try:
+                r = client.post("/classify", files=[("images", ("d.png", image, "image/png"))])
+                version = r.json().get("version") if r.status_code == 200 else None
+                out.append(Answer(start, time.time(), r.status_code, version))
+            except httpx.HTTPError as err:
+                out.append(Answer(start, time.time(), 0, repr(err)))
+            time.sleep(0.02)
+
+
+def test_swap_under_load(stack: Stack, tmp_path: Path) -> None:
+    server = stack.server
+    server.wait_all_serving("v0001")
+    answers: list[Answer] = []
+    stop = threading.Event()
+    image = _image(stack.digits, 3)
+    clients = [
+        threading.Thread(target=_load, args=(server, image, stop, answers)) for _ in range(3)
+    ]
+    # serving intervals: version, pointer moved, every worker serving the next one
+    timeline: list[tuple[str, float]] = [("v0001", 0.0)]
+    everyone: list[float] = []
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(1.5)
+        for target in ["v0002", "v0001", "v0002", "v0001"]:
+            r = server.post(f"/admin/versions/{target}/activate", headers=server.admin)
+            assert r.status_code == 200, r.text
+            timeline.append((target, _pointer_time(r.json())))
+            everyone.append(server.wait_all_serving(target, timeout=60, poll=0.05))
+            time.sleep(2.0)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(60)
+    failed = [a for a in answers if a.status != 200]
+    assert not failed, failed[:5]
+    assert len(answers) > 20
+    # version i may answer from its pointer move until every worker serves version i + 1
+    windows = [
+        (version, moved, everyone[i] if i < len(everyone) else float("inf"))
+        for i, (version, moved) in enumerate(timeline)
+    ]
+    for a in answers:
+        assert any(v == a.version and a.end >= lo and a.start <= hi for v, lo, hi in windows), (
+            a,
+            windows,
+        )
+    swaps = [e - moved for e, (_, moved) in zip(everyone, timeline[1:], strict=True)]
+    stack.notes.update(
+        swap_under_load_s=swaps,
+        requests=len(answers),
+        versions_answered={v: sum(a.version == v for a in answers) for v in ("v0001", "v0002")},
+    )
+    assert max(swaps) < 30
+    report = json.dumps(stack.notes, indent=2)
+    print(f"\nswap timings: {report}")
+    (Path(__file__).resolve().parents[2] / "runs").mkdir(exist_ok=True)
+    (Path(__file__).resolve().parents[2] / "runs" / "service-swap.json").write_text(report)
+
+
+def test_cli_through_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    server = stack.server
+    remote = ["--url", server.url, "--token", ADMIN]
+    folder = stack.jobs.dataset(stack.digits, "cli4", ["digit4"])
+    assert (
+        main(
+            [
+                "learn",
+                str(folder),
+                "--wait",
+                "--epochs",
+                "1",
+                "--set",
+                "design_samples=64",
+                "--set",
+                "num_threads=1",
+                *remote,
+            ]
+        )
+        == 0
+    )
+    job = json.loads(capsys.readouterr().out)
+    assert job["state"] == "succeeded" and job["version"] == "v0003", job
+    server.wait_all_serving("v0003")
+    assert (
+        main(
+            [
+                "classify",
+                "--url",
+                server.url,
+                "--json",
+                "--top-k",
+                "1",
+                str(_png_file(stack, folder)),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["version"] == "v0003"
+    assert main(["versions", *remote]) == 0
+    assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["v0001", "v0002", "v0003"]
+    assert main(["versions", "show", "v0003", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)["lineage"][-1] == "v0001"
+    assert main(["rollback", "--reason", "cli", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)["to"] != "v0003"
+    assert main(["history", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)[-1]["reason"] == "cli"
+    assert main(["jobs", *remote]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["activate", "v0099", *remote]) == 1  # the service's 404, as an error
+    assert "v0099" in capsys.readouterr().err
+
+
+def _png_file(stack: Stack, folder: Path) -> Path:
+    return next((folder / "digit4").glob("*.png"))
