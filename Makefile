@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run test test-unit check format bench bench-quick clean
+.PHONY: setup data run demo test test-unit check format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,10 @@ setup: $(STAMP) data
 data:
 	@test -f $(FMNIST) || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
 
-run: setup  ## the main job: a short class-incremental Janus-LoRA run, prints the accuracy matrix
+run: setup  ## the main job: Redis, a Celery worker and the BentoML service; Ctrl-C stops all
+	$(VENV)/bin/janus up
+
+demo: setup  ## a short class-incremental Janus-LoRA run that prints the accuracy matrix
 	$(VENV)/bin/janus demo
 
 test: setup  ## every test tier: unit, integration (real S3 server), slow
