@@ -62,7 +62,8 @@ def _dataset_ref(path: str, settings: JobSettings) -> str:
     return ref
 
 
-def _setting(item: str) -> tuple[str, Any]:
+def parse_setting(item: str) -> tuple[str, Any]:
+    """`key=value` → (key, JSON value or the plain string), for `--set`."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ValueError(f"--set takes key=value (a TrainConfig field), got {item!r}")
@@ -100,7 +101,7 @@ class _Bar:
 
 def _learn(args: argparse.Namespace) -> int:
     app, settings = _app()
-    train = dict(_setting(item) for item in args.set)
+    train = dict(parse_setting(item) for item in args.set)
     if args.epochs:
         train["epochs"] = args.epochs
     request = LearnRequest(

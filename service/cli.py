@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,22 +32,12 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     return on_task
 
 
-def _parse_setting(item: str) -> tuple[str, object]:
-    """`key=value` → (key, JSON value or the plain string)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes key=value (a TrainConfig field), got {item!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
 def _bench_cl(args: argparse.Namespace) -> int:
     from learner.bench import BenchConfig, run_benchmark
+    from learner.jobs_cli import parse_setting
     from learner.metrics import markdown_table, matrix_markdown
 
-    overrides = dict(_parse_setting(item) for item in args.set)
+    overrides = dict(parse_setting(item) for item in args.set)
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.threads:

@@ -54,9 +54,9 @@ def _archive(path: Path) -> tuple[str, bytes]:
 
 
 def _learn(args: argparse.Namespace) -> Any:
-    from learner.jobs_cli import _setting
+    from learner.jobs_cli import parse_setting
 
-    train = dict(_setting(item) for item in args.set)
+    train = dict(parse_setting(item) for item in args.set)
     if args.epochs:
         train["epochs"] = args.epochs
     fields: dict[str, Any] = {
