@@ -135,7 +135,11 @@ class Manifest(ManifestDraft):
 
     @property
     def accuracy(self) -> float | None:
-        return self.metrics.get("accuracy")
+        """The version's headline accuracy: `accuracy`, else the learn job's held-out figure."""
+        for key in ("accuracy", "holdout_accuracy_new"):
+            if key in self.metrics:
+                return self.metrics[key]
+        return None
 
 
 def _without_digest(body: dict[str, Any]) -> dict[str, Any]:

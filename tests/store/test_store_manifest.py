@@ -67,3 +67,11 @@ def test_importing_the_store_does_not_import_torch() -> None:
         "import sys, adapters_store.cli; sys.exit('torch' in sys.modules or 'timm' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_headline_accuracy_falls_back_to_the_learn_jobs_holdout_figure() -> None:
+    files = {"adapter.safetensors": FileEntry(sha256="12" * 32, size=96)}
+    fields = draft(metrics={"holdout_accuracy_new": 93.75, "loss": 0.1})
+    m = Manifest.build(ManifestDraft.model_validate(fields), "v0008", datetime.now(UTC), files)
+    assert m.accuracy == 93.75
+    assert MANIFEST.accuracy == 0.875  # an explicit `accuracy` wins
