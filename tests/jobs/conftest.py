@@ -28,6 +28,7 @@ from learner.jobs import JobStatus, LearnRequest, submit, wait
 from learner.jobs_config import JobSettings
 from learner.redis_embedded import EmbeddedRedis, start_embedded
 from tests.conftest import TINY_BACKBONES
+from tests.procs import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = {  # a redelivered job must end before its visibility timeout passes again
@@ -72,20 +73,7 @@ class Worker:
         self.process.wait()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # the pool child may outlive its parent for a moment; make sure the group is gone
-        for _ in range(50):
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, timeout, linger_s=5.0)
 
 
 def start_worker(env: dict[str, str], log: Path) -> Worker:

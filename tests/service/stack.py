@@ -4,7 +4,6 @@ embedded Redis, with helpers to follow what every worker process serves through 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.procs import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,20 +88,7 @@ class Server:
         return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        for _ in range(100):  # workers may outlive the arbiter for a moment
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, timeout, linger_s=10.0)
 
 
 def start_server(env: dict[str, str], log: Path, token: str, workers: int = 2) -> Server:
