@@ -20,8 +20,6 @@ from learner.janus.estimation import SubspaceState
 from learner.lora.layer import LoRALayer
 from learner.lora.model import inject_lora, merge_factors
 
-STATE_FILES = ("adapter", "head", "subspace", "prototypes")
-
 
 @dataclass
 class LearnerState:

@@ -181,12 +181,12 @@ def learn_task(
     report(Progress("design", 0, cfg.epochs, 0, 0, math.nan, 0.0, math.nan))
     pick = _balanced_pick(labels, k_new, cfg.design_samples, gen)
     design = method.a_init == "design"
-    accs = _attach_accumulators(model, cfg.oe_max_tokens, gen) if design else {}
+    design_accs = _attach_accumulators(model, cfg.oe_max_tokens, gen) if design else {}
     init_feats = extract_features(model, images[pick])  # (P, d)
     _detach_accumulators(model)
     for name, layer in layers.items():
         if design:
-            a = design_a(bases[name], accs[name].covariance(), layer.rank)
+            a = design_a(bases[name], design_accs[name].covariance(), layer.rank)
         else:
             a = random_a(bases[name], layer.in_features, layer.rank, gen)
         layer.reset_factors(a)
@@ -283,11 +283,12 @@ def learn_task(
         for name in layers:
             acc = accs.get(name) or post[name]
             old = old_sub[name]
-            total_s = old.second_moment + acc.second_moment  # running S over all tasks
-            total_n = old.count + acc.count
-            cov = total_s / total_n if online else acc.covariance()
-            basis = expand_basis(old.basis, cov, eps)
-            subspace[name] = SubspaceState(basis.float(), total_s, total_n)
+            running = SubspaceState(  # running S, N over all tasks
+                old.basis, old.second_moment + acc.second_moment, old.count + acc.count
+            )
+            cov = running.covariance if online else acc.covariance()
+            running.basis = expand_basis(old.basis, cov, eps).float()
+            subspace[name] = running
 
     new_rows = protos_new if method.prototype_head else head_w.detach()
     head_weight = torch.cat([model.head_weight, new_rows])  # (C + k, d)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from learner.methods import list_methods
+
 
 def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     """on_task(method, t) → a progress callback drawing one tqdm bar per task."""
@@ -90,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="fashion-mnist", help="fashion-mnist, an .npz or a class-folder tree"
     )
     cl.add_argument("--tasks", type=int, default=5)
-    cl.add_argument("--methods", default="janus,inflora,lora-gpm,seq-lora,joint")
+    cl.add_argument(
+        "--methods",
+        default="janus,inflora,lora-gpm,seq-lora,joint",
+        help="comma-separated, from: " + ", ".join(list_methods()),
+    )
     cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")
     cl.add_argument("--quick", action="store_true", help="a preset that ends in minutes on 2 cores")
     cl.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 def stop_group(
@@ -31,3 +32,19 @@ def stop_group(
             return
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
+
+
+def spawn_group(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in a session of its own, so `stop_group` reaches its children."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -28,7 +28,7 @@ from learner.jobs import JobStatus, LearnRequest, submit, wait
 from learner.jobs_config import JobSettings
 from learner.redis_embedded import EmbeddedRedis, start_embedded
 from tests.conftest import TINY_BACKBONES
-from tests.procs import stop_group
+from tests.procs import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = {  # a redelivered job must end before its visibility timeout passes again
@@ -79,17 +79,8 @@ class Worker:
 def start_worker(env: dict[str, str], log: Path) -> Worker:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
     full = {**clean, **env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--loglevel=INFO"],
-            cwd=REPO,
-            env=full,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Worker(process, log)
+    cmd = [sys.executable, "-m", "service.cli", "worker", "--loglevel=INFO"]
+    return Worker(spawn_group(cmd, full, log, REPO), log)
 
 
 @dataclass

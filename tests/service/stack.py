@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import stop_group
+from tests.procs import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,22 +108,14 @@ def start_server(env: dict[str, str], log: Path, token: str, workers: int = 2) -
         "BENTOML_DO_NOT_TRACK": "true",
     }
     bentoml = Path(sys.executable).parent / "bentoml"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [
-                str(bentoml),
-                "serve",
-                "service.service:Janus",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO,
-            env=full,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    cmd = [
+        str(bentoml),
+        "serve",
+        "service.service:Janus",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    process = spawn_group(cmd, full, log, REPO)
     return Server(process, f"http://127.0.0.1:{port}", log, workers, token)
