@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class BenchConfig:
 
     def with_ablations(self) -> BenchConfig:
         extra = [m for m in ABLATIONS if m not in self.methods]
-        return BenchConfig(**{**self.__dict__, "methods": (*self.methods, *extra)})
+        return replace(self, methods=(*self.methods, *extra))
 
 
 def _preset(cfg: BenchConfig) -> BenchPreset:
