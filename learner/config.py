@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 WeightsSource = Literal["hub", "file", "efficientnet-lite0", "none"]
 MethodName = Literal["janus", "inflora", "lora-gpm", "seq-lora", "joint"]
 AInit = Literal["design", "random"]
+HeadKind = Literal["lda", "prototype", "trained"]
 
 
 class _Strict(BaseModel):
@@ -76,10 +77,10 @@ class MethodConfig(_Strict):
     margin_loss: bool = Field(True, description="DML against earlier classes' prototypes")
     train_a: bool = Field(True, description="False freezes A (InfLoRA)")
     joint: bool = Field(False, description="all tasks at once (upper bound, benchmark only)")
-    prototype_head: bool = Field(
-        True,
-        description="task end: the new head rows become the new classes' prototypes (ours), "
-        "so rows of different tasks share one scale; False keeps the trained rows",
+    head: HeadKind = Field(
+        "lda",
+        description="the head set at task end (ours): 'lda' from class statistics (learner.head), "
+        "'prototype' (cosine rows at class means) or 'trained' (the trained cosine rows)",
     )
 
 
@@ -104,6 +105,9 @@ class TrainConfig(_Strict):
         4096, ge=64, description="tokens per layer and step added to S (uniform subsample)"
     )
     damping: float = Field(1e-3, ge=0, description="GR damping, relative to tr(BᵀB)/r")
+    head_shrinkage: float = Field(
+        0.3, ge=0, le=1, description="LDA head: covariance shrinkage toward a scaled identity"
+    )
     dml_lambda: float = Field(0.5, ge=0)
     dml_margin: float = Field(0.5, ge=-1, le=1)
     augment: bool = Field(True, description="random horizontal flip and small shifts")

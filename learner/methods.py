@@ -26,7 +26,7 @@ _REGISTRY: dict[str, MethodConfig] = {
         rectify=False,
         margin_loss=False,
         joint=True,
-        prototype_head=False,
+        head="trained",
     ),
 }
 

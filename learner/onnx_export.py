@@ -80,15 +80,19 @@ def run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def check_onnx(model: ContinualModel, data: bytes, atol: float = 1e-4, batch: int = 3) -> float:
-    """Max |onnx − torch| over a batch of size `batch` (not the traced one); raises past `atol`."""
+def check_onnx(model: ContinualModel, data: bytes, tol: float = 1e-5, batch: int = 3) -> float:
+    """`max |onnx − torch| / max(1, max |torch|)` over a batch of size `batch` (not the traced
+    one); raises past `tol`. Relative to the logits' scale: the LDA head's logits run to the
+    hundreds, where fp32 rounding alone differs by more than any fixed absolute tolerance."""
     x = example_input(model, batch=batch, seed=1)
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     got = run_onnx(data, x.numpy())
     if got.shape != expected.shape:
         raise ExportError(f"ONNX output shape {got.shape}, torch gives {expected.shape}")
-    err = float(np.abs(got - expected).max()) if got.size else 0.0
-    if not err <= atol:
-        raise ExportError(f"ONNX output differs from torch by {err:.3g} (> {atol:g})")
+    if not got.size:
+        return 0.0
+    err = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max()))
+    if not err <= tol:
+        raise ExportError(f"ONNX output differs from torch by {err:.3g} relative (> {tol:g})")
     return err

@@ -1,7 +1,8 @@
 """The learner's state between tasks, and the model it stands for.
 
 A state is the backbone reference, every task's LoRA factors (in lineage order), the head over all
-seen classes, class names, per-layer subspace state and class prototypes. The model is always
+seen classes, class names, per-layer subspace state, class prototypes and the class statistics the
+head is computed from (`learner.head`). The model is always
 rebuilt from the pristine fp32 base plus `Σ s·B_t·A_t` over the lineage (DESIGN.md §3, task end):
 never unmerged, so no drift.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from learner.backbones import Backbone, InputSpec, create_backbone
 from learner.config import BackboneConfig, LoRAConfig
+from learner.head import ClassStatistics, cosine_head, linear_logits
 from learner.janus.estimation import SubspaceState
 from learner.lora.layer import LoRALayer
 from learner.lora.model import inject_lora, merge_factors
@@ -30,10 +31,11 @@ class LearnerState:
     class_names: list[str] = field(default_factory=list)
     task_sizes: list[int] = field(default_factory=list)  # classes added by each task
     adapters: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per task: A, B
-    head_weight: torch.Tensor | None = None  # (C, d), rows compared by cosine
-    head_scale: float = 16.0
+    head_weight: torch.Tensor | None = None  # (C, d), over L2-normalised features
+    head_bias: torch.Tensor | None = None  # (C,)
     subspace: dict[str, SubspaceState] = field(default_factory=dict)
-    prototypes: torch.Tensor | None = None  # (C, d), L2-normalised
+    prototypes: torch.Tensor | None = None  # (C, d), L2-normalised class means
+    class_stats: ClassStatistics | None = None  # means and pooled within-class scatter
 
     @property
     def num_tasks(self) -> int:
@@ -50,18 +52,25 @@ class LearnerState:
 
     def to_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """This version's tensors by store file stem: its own task's factors and the rest."""
-        if self.head_weight is None or self.prototypes is None:
+        if self.head_weight is None or self.head_bias is None or self.prototypes is None:
             raise ValueError("an empty state (no task learned) has no tensors to publish")
         subspace: dict[str, torch.Tensor] = {}
         for name, sub in self.subspace.items():
             subspace[f"{name}.M"] = sub.basis.contiguous()
             subspace[f"{name}.S"] = sub.second_moment.contiguous()
             subspace[f"{name}.N"] = torch.tensor([sub.count], dtype=torch.int64)
+        prototypes = {"prototypes": self.prototypes}
+        if self.class_stats is not None:
+            prototypes |= {
+                "means": self.class_stats.means.contiguous(),
+                "scatter": self.class_stats.scatter.contiguous(),
+                "count": torch.tensor([self.class_stats.count], dtype=torch.int64),
+            }
         return {
             "adapter": dict(self.adapters[-1]),
-            "head": {"weight": self.head_weight, "scale": torch.tensor([self.head_scale])},
+            "head": {"weight": self.head_weight, "bias": self.head_bias},
             "subspace": subspace,
-            "prototypes": {"prototypes": self.prototypes},
+            "prototypes": prototypes,
         }
 
     @classmethod
@@ -88,25 +97,34 @@ class LearnerState:
                 f"lineage has {len(lineage_adapters)} adapters but the manifest lists "
                 f"{len(task_sizes)} tasks; the store is inconsistent — run `janus verify`"
             )
+        head, protos = tensors["head"], tensors["prototypes"]
+        if "bias" in head:
+            weight, bias = head["weight"].float(), head["bias"].float()
+        else:  # published before the head had a bias: scale · cos(f, w_c)
+            weight, bias = cosine_head(head["weight"], float(head["scale"].reshape(-1)[0]))
+        stats = None
+        if "scatter" in protos:
+            count = int(protos["count"].reshape(-1)[0])
+            stats = ClassStatistics(protos["means"].double(), protos["scatter"].double(), count)
         return cls(
             backbone=BackboneConfig.model_validate(meta["backbone"]),
             lora=LoRAConfig.model_validate(meta["lora"]),
             class_names=[str(c) for c in meta["class_names"]],  # type: ignore[attr-defined]
             task_sizes=task_sizes,
             adapters=lineage_adapters,
-            head_weight=tensors["head"]["weight"].float(),
-            head_scale=float(tensors["head"]["scale"].reshape(-1)[0]),
+            head_weight=weight,
+            head_bias=bias,
             subspace=subspace,
-            prototypes=tensors["prototypes"]["prototypes"].float(),
+            prototypes=protos["prototypes"].float(),
+            class_stats=stats,
         )
 
 
 class ContinualModel(nn.Module):
     """Backbone with LoRA layers (earlier tasks merged) and one linear head over seen classes.
 
-    The head is linear over L2-normalised features with L2-normalised rows, times a fixed scale
-    *(ours)*: with cross-entropy seeing only the current task's logits, unnormalised rows of
-    different tasks reach different logit scales and the newest task wins every argmax.
+    The head is linear over L2-normalised features, `normalize(f) Wᵀ + b` *(ours)*: the LDA head
+    of `learner.head` by default, or scaled cosine rows (b = 0).
     """
 
     def __init__(self, backbone: Backbone, lora: LoRAConfig) -> None:
@@ -116,8 +134,9 @@ class ContinualModel(nn.Module):
         self.num_features = backbone.num_features
         self.layers: dict[str, LoRALayer] = inject_lora(self.backbone, lora)
         self.head_weight: torch.Tensor
+        self.head_bias: torch.Tensor
         self.register_buffer("head_weight", torch.zeros(0, backbone.num_features))
-        self.head_scale = 16.0
+        self.register_buffer("head_bias", torch.zeros(0))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logit features (B, d) of normalised images (B, 3, S, S)."""
@@ -125,12 +144,11 @@ class ContinualModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) over every seen class."""
-        return cosine_logits(self.features(x), self.head_weight, self.head_scale)
+        return self.head(self.features(x))
 
-
-def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """`scale · cos(f, w_c)` (B, C) for features (B, d) and head rows (C, d)."""
-    return scale * F.normalize(features, dim=-1) @ F.normalize(weight, dim=-1).T
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) of pre-logit features (B, d)."""
+        return linear_logits(features, self.head_weight, self.head_bias)
 
 
 def build_model(state: LearnerState) -> ContinualModel:
@@ -138,7 +156,7 @@ def build_model(state: LearnerState) -> ContinualModel:
     model = ContinualModel(create_backbone(state.backbone), state.lora)
     for factors in state.adapters:
         merge_factors(model.layers, factors, state.lora.scale)
-    if state.head_weight is not None:
+    if state.head_weight is not None and state.head_bias is not None:
         model.head_weight = state.head_weight.clone()
-    model.head_scale = state.head_scale
+        model.head_bias = state.head_bias.clone()
     return model.eval()

@@ -21,6 +21,7 @@ from torch import nn
 
 from learner.config import TrainConfig
 from learner.data import LabeledBatch
+from learner.head import ClassStatistics, cosine_head, cosine_logits
 from learner.inputs import prepare, to_uint8_tensor
 from learner.janus.estimation import (
     CovarianceAccumulator,
@@ -33,7 +34,7 @@ from learner.janus.estimation import (
 from learner.janus.margin import class_prototypes, decoupled_margin_loss
 from learner.janus.rectification import GradientRectifier
 from learner.lora.model import get_factors
-from learner.state import ContinualModel, LearnerState, build_model, cosine_logits
+from learner.state import ContinualModel, LearnerState, build_model
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,7 @@ def predict_logits(
     model: ContinualModel, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
     """Logits (N, C) over every seen class for uint8 images (N, C, H, W)."""
-    return cosine_logits(
-        extract_features(model, images, batch_size), model.head_weight, model.head_scale
-    )
+    return model.head(extract_features(model, images, batch_size))
 
 
 def evaluate(model: ContinualModel, batch: LabeledBatch, seen: list[str]) -> float:
@@ -137,6 +136,11 @@ def _check_new_classes(state: LearnerState, batch: LabeledBatch) -> None:
         )
     if len(batch) == 0:
         raise ValueError("the labeled batch is empty; give at least one image per class")
+    if state.num_tasks and state.class_stats is None:
+        raise ValueError(
+            "this version was published before the learner kept class statistics, so a new task "
+            "cannot extend its head; learn its tasks again from an empty store"
+        )
 
 
 def learn_task(
@@ -220,7 +224,7 @@ def learn_task(
             idx = order[sl]
             x = prepare(images[idx], model.spec, augment=cfg.augment, generator=gen)
             feats = model.features(x)  # (B, d); OE observers add XᵀX here
-            logits = cosine_logits(feats, head_w, model.head_scale)  # (B, k): this task's only
+            logits = cosine_logits(feats, head_w)  # (B, k): this task's only
             loss = F.cross_entropy(logits, labels[idx])
             if old_protos is not None:
                 loss = loss + cfg.dml_lambda * decoupled_margin_loss(
@@ -263,7 +267,8 @@ def learn_task(
     if rectifier is not None:
         rectifier.release()
 
-    # Task end: merge ΔW into the fp32 working weights, prototypes, then the new basis.
+    # Task end: merge ΔW into the fp32 working weights, class statistics and prototypes, the new
+    # basis, then the head.
     report(Progress("finalize", cfg.epochs, cfg.epochs, step, total_steps, loss_value, 0.0, 0.0))
     factors = get_factors(layers)
     for layer in layers.values():
@@ -275,7 +280,10 @@ def learn_task(
     )
     feats = extract_features(model, images)  # (N, d); the extra pass of no-OE methods rides here
     _detach_accumulators(model)
-    protos_new = class_prototypes(feats, labels, k_new)  # (k, d)
+    stats = (state.class_stats or ClassStatistics.empty(model.num_features)).added(
+        feats, labels, k_new
+    )
+    prototypes = F.normalize(stats.means, dim=-1).float()  # (C + k, d)
 
     subspace: dict[str, SubspaceState] = {}
     if method.protect:
@@ -290,9 +298,12 @@ def learn_task(
             running.basis = expand_basis(old.basis, cov, eps).float()
             subspace[name] = running
 
-    new_rows = protos_new if method.prototype_head else head_w.detach()
-    head_weight = torch.cat([model.head_weight, new_rows])  # (C + k, d)
-    old_p = state.prototypes if state.prototypes is not None else torch.zeros(0, model.num_features)
+    if method.head == "lda":
+        head_weight, head_bias = stats.lda_head(cfg.head_shrinkage)  # every row, from the stats
+    else:  # cosine rows: the new classes' prototypes or their trained rows
+        new_w, new_b = cosine_head(prototypes[-k_new:] if method.head == "prototype" else head_w)
+        head_weight = torch.cat([model.head_weight, new_w.detach()])  # (C + k, d)
+        head_bias = torch.cat([model.head_bias, new_b])
     new_state = LearnerState(
         backbone=state.backbone,
         lora=state.lora,
@@ -300,9 +311,10 @@ def learn_task(
         task_sizes=[*state.task_sizes, k_new],
         adapters=[*state.adapters, factors],
         head_weight=head_weight,
-        head_scale=model.head_scale,
+        head_bias=head_bias,
         subspace=subspace,
-        prototypes=torch.cat([old_p, protos_new]),
+        prototypes=prototypes,
+        class_stats=stats,
     )
     timed = step_times[2:] if len(step_times) > 4 else step_times
     metrics = {
@@ -312,5 +324,5 @@ def learn_task(
         "loss": loss_value,
         "basis_dims": float(sum(s.basis.shape[1] for s in subspace.values())),
     }
-    model.head_weight = head_weight
+    model.head_weight, model.head_bias = head_weight, head_bias
     return TaskResult(new_state, metrics, model.eval())

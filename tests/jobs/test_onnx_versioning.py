@@ -34,14 +34,14 @@ def test_onnx_matches_torch_with_dynamic_batch(family: str, digits: LabeledBatch
     state = LearnerState(TINY_BACKBONES[family], LoRAConfig(rank=4))
     result = _learn(state, digits, ["digit0", "digit1"])
     data = export_onnx(result.model, result.state.class_names)
-    assert check_onnx(result.model, data, atol=1e-4) <= 1e-4
+    assert check_onnx(result.model, data, tol=1e-5) <= 1e-5
     for batch in (1, 5):  # not the traced batch size
         x = example_input(result.model, batch=batch, seed=batch)
         with torch.no_grad():
             expected = result.model(x).numpy()
         got = run_onnx(data, x.numpy())
         assert got.shape == (batch, 2)
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
     meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
     assert json.loads(meta["janus.class_names"]) == ["digit0", "digit1"]
     assert int(meta["janus.input_size"]) == result.model.spec.size
@@ -80,4 +80,4 @@ def test_publish_then_load_rebuilds_the_same_model(tmp_path, digits: LabeledBatc
     assert loaded.task_sizes == [2, 2] and len(loaded.adapters) == 2
     x = example_input(second.model, batch=4)
     with torch.no_grad():
-        torch.testing.assert_close(build_model(loaded)(x), second.model(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(build_model(loaded)(x), second.model(x), atol=1e-4, rtol=1e-5)

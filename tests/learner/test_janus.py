@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from learner.config import LoRAConfig, TrainConfig
 from learner.data import LabeledBatch
+from learner.head import cosine_logits
 from learner.inputs import prepare, to_uint8_tensor
 from learner.janus.estimation import design_a, expand_basis, project_out
 from learner.janus.margin import decoupled_margin_loss
 from learner.janus.rectification import GradientRectifier, composite_update, factor_updates
 from learner.methods import get_method
-from learner.state import LearnerState, build_model, cosine_logits
+from learner.state import LearnerState, build_model
 from learner.train import TaskResult, extract_features, learn_task
 from tests.conftest import TINY_BACKBONES
 
@@ -124,7 +125,7 @@ def test_every_janus_step_keeps_a_orthogonal_to_the_basis(first_task: TaskResult
     for step in range(6):
         idx = torch.arange(step * 16, step * 16 + 16)
         loss = F.cross_entropy(
-            cosine_logits(model.features(prepare(images[idx], model.spec)), head, 16.0), labels[idx]
+            cosine_logits(model.features(prepare(images[idx], model.spec)), head), labels[idx]
         )
         rect.zero_grad()
         loss.backward()
