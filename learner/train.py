@@ -21,7 +21,13 @@ from torch import nn
 
 from learner.config import TrainConfig
 from learner.data import LabeledBatch
-from learner.head import ClassStatistics, cosine_head, cosine_logits
+from learner.head import (
+    ClassStatistics,
+    cosine_head,
+    cosine_logits,
+    fit_temperature,
+    linear_logits,
+)
 from learner.inputs import prepare, to_uint8_tensor
 from learner.janus.estimation import (
     CovarianceAccumulator,
@@ -153,7 +159,8 @@ def learn_task(
 
     Returns:
         The new state (the old one is not modified), training metrics (train_s, step_s: mean
-        seconds per optimisation step, steps, loss, basis_dims: basis columns over all layers)
+        seconds per optimisation step, steps, loss, basis_dims: basis columns over all layers,
+        head_temperature: the LDA head's fitted temperature, 1 for the cosine heads)
         and the working model with the task merged and the head grown.
     """
     _check_new_classes(state, batch)
@@ -298,8 +305,12 @@ def learn_task(
             running.basis = expand_basis(old.basis, cov, eps).float()
             subspace[name] = running
 
+    temperature = 1.0
     if method.head == "lda":
         head_weight, head_bias = stats.lda_head(cfg.head_shrinkage)  # every row, from the stats
+        offset = len(state.class_names)
+        temperature = fit_temperature(linear_logits(feats, head_weight, head_bias), labels + offset)
+        head_weight, head_bias = head_weight / temperature, head_bias / temperature
     else:  # cosine rows: the new classes' prototypes or their trained rows
         new_w, new_b = cosine_head(prototypes[-k_new:] if method.head == "prototype" else head_w)
         head_weight = torch.cat([model.head_weight, new_w.detach()])  # (C + k, d)
@@ -323,6 +334,7 @@ def learn_task(
         "steps": float(step),
         "loss": loss_value,
         "basis_dims": float(sum(s.basis.shape[1] for s in subspace.values())),
+        "head_temperature": temperature,
     }
     model.head_weight, model.head_bias = head_weight, head_bias
     return TaskResult(new_state, metrics, model.eval())

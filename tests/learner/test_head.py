@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from learner.config import LoRAConfig, TrainConfig
 from learner.data import LabeledBatch
-from learner.head import ClassStatistics, cosine_head, linear_logits
+from learner.head import ClassStatistics, cosine_head, fit_temperature, linear_logits
 from learner.methods import get_method
 from learner.state import LearnerState, build_model
 from learner.train import evaluate, learn_task
@@ -76,6 +76,22 @@ def test_lda_separates_classes_that_cosine_prototypes_confuse() -> None:
     assert cos_acc.mean() < lda_acc.mean() - 0.1
 
 
+@pytest.mark.parametrize("true_t", [0.2, 1.0, 8.0])
+def test_fitted_temperature_recovers_the_one_that_made_the_labels(true_t: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(20000, 5, generator=g)
+    targets = torch.multinomial(torch.softmax(logits / true_t, dim=1), 1, generator=g).flatten()
+    assert fit_temperature(logits, targets) == pytest.approx(true_t, rel=0.05)
+
+
+def test_temperature_keeps_the_argmax_and_lowers_the_loss() -> None:
+    f, y = _gaussian_classes()
+    logits = linear_logits(f.float(), *ClassStatistics.empty(3).added(f, y, 2).lda_head(0.1))
+    t = fit_temperature(logits, y)
+    assert t != 1.0 and torch.equal((logits / t).argmax(1), logits.argmax(1))
+    assert F.cross_entropy(logits / t, y) < F.cross_entropy(logits, y)
+
+
 def test_a_class_without_samples_is_refused() -> None:
     f, y = _gaussian_classes()
     with pytest.raises(ValueError, match=r"class index \[2\]"):
@@ -99,11 +115,14 @@ def test_every_row_is_recomputed_from_the_pooled_statistics(digits: LabeledBatch
     state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
     first, second = _tasks(digits)
     one = learn_task(state, first, _cfg()).state
-    two = learn_task(one, second, _cfg()).state
+    result = learn_task(one, second, _cfg())
+    two, temperature = result.state, result.metrics["head_temperature"]
     assert two.class_stats is not None and two.head_weight is not None
     assert two.class_stats.num_classes == 5 and two.class_stats.count == len(first) + len(second)
     weight, bias = two.class_stats.lda_head(_cfg().head_shrinkage)
-    assert torch.equal(two.head_weight, weight) and torch.equal(two.head_bias, bias)
+    assert temperature > 0
+    assert torch.allclose(two.head_weight * temperature, weight, rtol=1e-5)
+    assert torch.allclose(two.head_bias * temperature, bias, rtol=1e-5)
     assert one.class_stats is not None
     assert torch.equal(two.class_stats.means[:3], one.class_stats.means)  # old means kept
     assert not torch.allclose(two.head_weight[:3], one.head_weight)  # old rows re-solved
