@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WeightsSource = Literal["hub", "file", "efficientnet-lite0", "none"]
-MethodName = Literal["janus", "inflora", "lora-gpm", "seq-lora", "joint"]
 AInit = Literal["design", "random"]
 HeadKind = Literal["lda", "prototype", "trained"]
 
@@ -73,10 +72,18 @@ class MethodConfig(_Strict):
     online_estimation: bool = Field(
         True, description="OE: covariance from training forwards; off: an extra pass at task end"
     )
+    running_covariance: bool = Field(
+        True,
+        description="basis from the running C = S/N over all tasks (DESIGN.md §3); False: from "
+        "this task's inputs only, as GPM and InfLoRA do",
+    )
     rectify: bool = Field(True, description="GR: Adam on the safe full-weight update g Q")
     margin_loss: bool = Field(True, description="DML against earlier classes' prototypes")
     train_a: bool = Field(True, description="False freezes A (InfLoRA)")
     joint: bool = Field(False, description="all tasks at once (upper bound, benchmark only)")
+    adapt: bool = Field(
+        True, description="False trains nothing: the frozen backbone's features and the head only"
+    )
     head: HeadKind = Field(
         "lda",
         description="the head set at task end (ours): 'lda' from class statistics (learner.head), "

@@ -1,6 +1,8 @@
 """Registry of continual-learning methods, all in one code path (DESIGN.md §3).
 
-`janus` is Janus-LoRA (OE + GR + DML); the others are its baselines and ablations.
+`janus` is Janus-LoRA (OE + GR + DML); the others are its baselines and ablations. `frozen` trains
+nothing (the pristine backbone's features, the head from class statistics): what adaptation adds
+is measured against it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,24 @@ _REGISTRY: dict[str, MethodConfig] = {
     "janus-no-gr": MethodConfig(name="janus-no-gr", rectify=False),
     "janus-no-dml": MethodConfig(name="janus-no-dml", margin_loss=False),
     "inflora": MethodConfig(
-        name="inflora", rectify=False, margin_loss=False, train_a=False, online_estimation=False
+        name="inflora",
+        rectify=False,
+        margin_loss=False,
+        train_a=False,
+        online_estimation=False,
+        running_covariance=False,
     ),
     "lora-gpm": MethodConfig(name="lora-gpm", rectify=False, margin_loss=False),
     "seq-lora": MethodConfig(
         name="seq-lora", a_init="random", protect=False, rectify=False, margin_loss=False
+    ),
+    "frozen": MethodConfig(
+        name="frozen",
+        a_init="random",
+        protect=False,
+        rectify=False,
+        margin_loss=False,
+        adapt=False,
     ),
     "joint": MethodConfig(
         name="joint",

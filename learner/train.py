@@ -221,10 +221,11 @@ def learn_task(
     accs = _attach_accumulators(model, cfg.oe_max_tokens, gen) if online else {}
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    epochs = cfg.epochs if method.adapt else 0
+    total_steps = epochs * steps_per_epoch
     step, loss_value, step_times = 0, math.nan, []
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         for sl in _chunks(n, cfg.batch_size):
             t0 = time.perf_counter()
@@ -301,7 +302,7 @@ def learn_task(
             running = SubspaceState(  # running S, N over all tasks
                 old.basis, old.second_moment + acc.second_moment, old.count + acc.count
             )
-            cov = running.covariance if online else acc.covariance()
+            cov = running.covariance if method.running_covariance else acc.covariance()
             running.basis = expand_basis(old.basis, cov, eps).float()
             subspace[name] = running
 

@@ -174,3 +174,15 @@ def test_cosine_heads_grow_by_the_new_rows(head: str, digits: LabeledBatch) -> N
     if head == "prototype":
         assert torch.allclose(two.state.head_weight, 16.0 * two.state.prototypes, atol=1e-5)
     assert math.isfinite(evaluate(two.model, second, two.state.class_names))
+
+
+def test_frozen_reference_trains_nothing_and_still_classifies(digits: LabeledBatch) -> None:
+    state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
+    first = _tasks(digits)[0]
+    result = learn_task(state, first, _cfg(method=get_method("frozen")))
+    assert result.metrics["steps"] == 0 and not result.state.subspace
+    x = torch.rand(4, 3, 32, 32)
+    pristine = build_model(state)
+    with torch.no_grad():
+        assert torch.allclose(result.model.features(x), pristine.features(x), atol=1e-6)
+    assert evaluate(result.model, first, result.state.class_names) > 50.0  # 3 classes: chance 33

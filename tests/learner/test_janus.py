@@ -88,6 +88,24 @@ def test_online_estimation_accumulates_across_tasks(first_task: TaskResult, digi
         )
 
 
+@pytest.mark.parametrize("method", ["janus", "janus-no-oe", "inflora"])
+def test_basis_grows_from_the_running_or_the_task_covariance(method: str, digits) -> None:
+    """janus and its no-OE ablation use the running C = S/N; InfLoRA (like GPM) this task's C."""
+    cfg = _cfg(method)
+    state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
+    first = learn_task(state, _two_tasks(digits)[0], cfg).state
+    second = learn_task(first, _two_tasks(digits)[1], cfg).state
+    for name, sub in second.subspace.items():
+        old = first.subspace[name]
+        if get_method(method).running_covariance:
+            cov = sub.covariance
+        else:
+            cov = (sub.second_moment - old.second_moment) / (sub.count - old.count)
+        expected = expand_basis(old.basis, cov, cfg.eps_for_task(1)).float()
+        assert sub.basis.shape == expected.shape
+        assert torch.allclose(sub.basis @ sub.basis.T, expected @ expected.T, atol=1e-4)
+
+
 # --- Gradient Rectification ------------------------------------------------------------------
 
 
