@@ -41,7 +41,6 @@ _REGISTRY: dict[str, MethodConfig] = {
         rectify=False,
         margin_loss=False,
         joint=True,
-        head="trained",
     ),
 }
 
