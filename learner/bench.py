@@ -46,7 +46,7 @@ class BenchConfig:
 
     data: str = "fashion-mnist"
     tasks: int = 5
-    methods: Sequence[str] = ("janus", "inflora", "lora-gpm", "seq-lora", "joint")
+    methods: Sequence[str] = ("janus", "inflora", "lora-gpm", "seq-lora", "joint", "frozen")
     preset: str | BenchPreset = "full"
     seed: int = 0
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -130,7 +130,7 @@ def run_method(
     return {
         **summary,
         "train_s": train_s,
-        "step_s": step_total / max(steps, 1.0),
+        "step_s": step_total / steps if steps else None,  # None: nothing trained (frozen)
         "steps": steps,
     }
 
@@ -155,7 +155,8 @@ def run_benchmark(
         log(
             f"{name}: ACC {res['acc']:.2f}  BWT "
             + ("n/a" if res["bwt"] is None else f"{res['bwt']:.2f}")
-            + f"  step {1000 * res['step_s']:.0f} ms  ({time.perf_counter() - t0:.0f} s)"
+            + ("" if res["step_s"] is None else f"  step {1000 * res['step_s']:.0f} ms")
+            + f"  ({time.perf_counter() - t0:.0f} s)"
         )
         write_results(results, out)  # partial results survive an interrupted run
     return results

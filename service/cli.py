@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--tasks", type=int, default=5)
     cl.add_argument(
         "--methods",
-        default="janus,inflora,lora-gpm,seq-lora,joint",
+        default="janus,inflora,lora-gpm,seq-lora,joint,frozen",
         help="comma-separated, from: " + ", ".join(list_methods()),
     )
     cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")

@@ -24,7 +24,7 @@ def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
     cfg = BenchConfig(
         data=str(npz),
         tasks=2,
-        methods=("janus", "seq-lora", "joint"),
+        methods=("janus", "seq-lora", "joint", "frozen"),
         preset=BenchPreset(train_per_class=60, test_per_class=30, epochs=1, image_size=32),
         backbone=TINY_BACKBONES["convnet"],
         lora=LoRAConfig(rank=2, alpha=2),
@@ -32,7 +32,7 @@ def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
     )
     results = run_benchmark(cfg, tmp_path / "out", log=lambda _s: None)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(on_disk["methods"]) == {"janus", "seq-lora", "joint"}
+    assert set(on_disk["methods"]) == {"janus", "seq-lora", "joint", "frozen"}
     for name in ("janus", "seq-lora"):
         m = on_disk["methods"][name]
         assert len(m["matrix"]) == 2 and 0 <= m["acc"] <= 100
@@ -40,6 +40,8 @@ def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
         row = [v for v in m["matrix"][1] if v is not None]
         assert abs(m["acc"] - np.average(row, weights=on_disk["config"]["test_sizes"])) < 1e-6
     assert on_disk["methods"]["joint"]["bwt"] is None
+    frozen = on_disk["methods"]["frozen"]
+    assert frozen["step_s"] is None and frozen["steps"] == 0 and 0 < frozen["acc"] <= 100
     assert results["config"]["tasks"][0] != results["config"]["tasks"][1]
     assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
     assert (tmp_path / "out" / "accuracy_per_task.png").stat().st_size > 1000
