@@ -112,12 +112,6 @@ class TrainConfig(_Strict):
         4096, ge=64, description="tokens per layer and step added to S (uniform subsample)"
     )
     damping: float = Field(1e-3, ge=0, description="GR damping, relative to tr(BᵀB)/r")
-    drift_sigma: float = Field(
-        0.0,
-        ge=0,
-        description="move old class means by the drift of the new task's images (SDC) with this "
-        "kernel width on normalised features; 0 keeps them as measured",
-    )
     head_shrinkage: float = Field(
         0.3, ge=0, le=1, description="LDA head: covariance shrinkage toward a scaled identity"
     )

@@ -78,24 +78,6 @@ class ClassStatistics:
             self.count + len(labels),
         )
 
-    def drift_compensated(
-        self, before: torch.Tensor, after: torch.Tensor, sigma: float
-    ) -> ClassStatistics:
-        """Old class means moved by the drift the new task's own images show (SDC).
-
-        Semantic drift compensation (Yu et al., CVPR 2020), with statistics only: the images of
-        the new task, seen through the model before (`before`, (P, d)) and after (`after`) the
-        task, give drift vectors `δ_i`; each class mean moves by their average weighted by
-        `w_ic = exp(−‖f_i − μ_c‖² / 2σ²)`, the images it was near. Ours: the average is over
-        `max(Σ_i w_ic, 1)`, so a class with less than one image's worth of weight near it moves
-        only that much, not by the drift of images far away. The scatter is kept as it is.
-        """
-        f0 = F.normalize(before.double(), dim=-1)
-        delta = F.normalize(after.double(), dim=-1) - f0  # (P, d)
-        weights = torch.exp(-torch.cdist(self.means, f0).square() / (2 * sigma**2))  # (C, P)
-        shift = weights @ delta / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return ClassStatistics(self.means + shift, self.scatter, self.count)
-
     def covariance(self, shrinkage: float) -> torch.Tensor:
         """Shared covariance (d, d), shrunk toward `tr/d · I` by `shrinkage` ∈ [0, 1]."""
         d = self.scatter.shape[0]

@@ -288,10 +288,9 @@ def learn_task(
     )
     feats = extract_features(model, images)  # (N, d); the extra pass of no-OE methods rides here
     _detach_accumulators(model)
-    old_stats = state.class_stats or ClassStatistics.empty(model.num_features)
-    if cfg.drift_sigma > 0 and old_stats.num_classes and method.adapt:
-        old_stats = old_stats.drift_compensated(init_feats, feats[pick], cfg.drift_sigma)
-    stats = old_stats.added(feats, labels, k_new)
+    stats = (state.class_stats or ClassStatistics.empty(model.num_features)).added(
+        feats, labels, k_new
+    )
     prototypes = F.normalize(stats.means, dim=-1).float()  # (C + k, d)
 
     subspace: dict[str, SubspaceState] = {}

@@ -186,30 +186,3 @@ def test_frozen_reference_trains_nothing_and_still_classifies(digits: LabeledBat
     with torch.no_grad():
         assert torch.allclose(result.model.features(x), pristine.features(x), atol=1e-6)
     assert evaluate(result.model, first, result.state.class_names) > 50.0  # 3 classes: chance 33
-
-
-def _rotation(d: int, angle: float) -> torch.Tensor:
-    rot = torch.eye(d, dtype=torch.float64)
-    rot[0, 0] = rot[1, 1] = math.cos(angle)
-    rot[0, 1], rot[1, 0] = -math.sin(angle), math.sin(angle)
-    return rot
-
-
-def test_drift_compensation_follows_the_drift_of_nearby_images() -> None:
-    f, y = _gaussian_classes()
-    stats = ClassStatistics.empty(3).added(f, y, 2)
-    rot = _rotation(3, 0.3)
-    own = f[y == 0]  # the new task's images all sit in class 0's region and rotate
-    moved = stats.drift_compensated(own, own @ rot.T, sigma=10.0)  # wide kernel: all count
-    assert torch.allclose(moved.means[0], rot @ stats.means[0], atol=1e-3)
-    assert torch.equal(moved.scatter, stats.scatter) and moved.count == stats.count
-
-
-def test_drift_compensation_leaves_far_classes_where_they_were() -> None:
-    near = F.normalize(torch.tensor([[1.0, 0.0, 0.0]]) + 0.05 * torch.randn(50, 3), dim=-1)
-    far = F.normalize(torch.tensor([[0.0, 0.0, 1.0]]) + 0.05 * torch.randn(50, 3), dim=-1)
-    stats = ClassStatistics.empty(3).added(torch.cat([near, far]), torch.arange(100) // 50, 2)
-    drifted = near.double() @ _rotation(3, 0.5).T  # only images near class 0 are seen, and move
-    moved = stats.drift_compensated(near, drifted, sigma=0.2)
-    assert (moved.means[0] - stats.means[0]).norm() > 0.3
-    assert (moved.means[1] - stats.means[1]).norm() < 1e-3
