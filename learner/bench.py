@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.config import BackboneConfig, LoRAConfig, TrainConfig
+from learner.config import BackboneConfig, LoRAConfig, MethodConfig, TrainConfig
 from learner.data import LabeledBatch, Task, class_incremental_split, load_batch, load_fashion_mnist
 from learner.data import per_class_limit as limit_per_class
 from learner.methods import ABLATIONS, get_method
@@ -163,9 +163,21 @@ def run_benchmark(
 
 
 def _train_config(cfg: BenchConfig, method: str) -> TrainConfig:
-    """The preset's settings, then the run's overrides, for one method."""
-    settings = {"epochs": _preset(cfg).epochs, "seed": cfg.seed, **cfg.train_overrides}
-    return TrainConfig(method=get_method(method), lora=cfg.lora, **settings)
+    """The preset's settings, then the run's overrides, for one method.
+
+    An override `method.<field>` changes that field of every method's config (e.g.
+    `method.head=prototype`); the others are `TrainConfig` fields.
+    """
+    settings: dict[str, Any] = {"epochs": _preset(cfg).epochs, "seed": cfg.seed}
+    method_fields: dict[str, Any] = {}
+    for key, value in cfg.train_overrides.items():
+        if key.startswith("method."):
+            method_fields[key.removeprefix("method.")] = value
+        else:
+            settings[key] = value
+    base = get_method(method)
+    spec = MethodConfig.model_validate({**base.model_dump(), **method_fields})
+    return TrainConfig(method=spec, lora=cfg.lora, **settings)
 
 
 def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
@@ -181,5 +193,8 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "seed": cfg.seed,
         "backbone": cfg.backbone.model_dump(),
         "train": train_cfg.model_dump(exclude={"method"}),
+        "method_overrides": {
+            k: v for k, v in cfg.train_overrides.items() if k.startswith("method.")
+        },
         "torch_threads": torch.get_num_threads(),
     }

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a training setting (learner.config.TrainConfig), e.g. --set lr=2e-4",
+        help="override a training setting (learner.config.TrainConfig), e.g. --set lr=2e-4, "
+        "or a method field for every method, e.g. --set method.head=prototype",
     )
     cl.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     cl.add_argument("--out", default="runs/bench-cl")

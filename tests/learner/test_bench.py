@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from learner.bench import BenchConfig, BenchPreset, run_benchmark
+from learner.bench import BenchConfig, BenchPreset, _train_config, run_benchmark
 from learner.config import LoRAConfig
 from service.cli import main
 from tests.conftest import TINY_BACKBONES
@@ -51,3 +52,14 @@ def test_cli_refuses_unknown_method(tmp_path: Path, capsys) -> None:
     code = main(["bench", "cl", "--methods", "janus,nope", "--out", str(tmp_path), "--no-progress"])
     assert code == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_method_fields_are_overridden_for_every_method() -> None:
+    cfg = BenchConfig(train_overrides={"method.head": "prototype", "gr_lr": 5e-5})
+    for name in ("janus", "inflora"):
+        train = _train_config(cfg, name)
+        assert train.method.head == "prototype" and train.method.name == name
+        assert train.gr_lr == 5e-5
+    assert _train_config(cfg, "inflora").method.train_a is False  # the rest of the preset stays
+    with pytest.raises(ValueError, match="head"):
+        _train_config(BenchConfig(train_overrides={"method.head": "nope"}), "janus")
