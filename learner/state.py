@@ -2,9 +2,8 @@
 
 A state is the backbone reference, every task's LoRA factors (in lineage order), the head over all
 seen classes, class names, per-layer subspace state, class prototypes and the class statistics the
-head is computed from (`learner.head`). The model is always
-rebuilt from the pristine fp32 base plus `Σ s·B_t·A_t` over the lineage (DESIGN.md §3, task end):
-never unmerged, so no drift.
+head is computed from (`learner.head`). The model is always rebuilt from the pristine fp32 base
+plus `Σ s·B_t·A_t` over the lineage (DESIGN.md §3, task end): never unmerged, so no drift.
 """
 
 from __future__ import annotations
