@@ -100,7 +100,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(5e-4, gt=0, description="Adam learning rate of the factors (without GR)")
     gr_lr: float = Field(
-        1e-4, gt=0, description="GR step size η on the full weight (U is an Adam direction on W)"
+        5e-5, gt=0, description="GR step size η on the full weight (U is an Adam direction on W)"
     )
     head_lr: float = Field(5e-3, gt=0, description="learning rate of the new head rows")
     weight_decay: float = Field(0.0, ge=0)
@@ -116,7 +116,9 @@ class TrainConfig(_Strict):
         0.3, ge=0, le=1, description="LDA head: covariance shrinkage toward a scaled identity"
     )
     dml_lambda: float = Field(0.5, ge=0)
-    dml_margin: float = Field(0.5, ge=-1, le=1)
+    dml_margin: float = Field(
+        0.8, ge=-1, le=1, description="DML pushes only features closer than this to an old class"
+    )
     augment: bool = Field(True, description="random horizontal flip and small shifts")
     seed: int = 0
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
