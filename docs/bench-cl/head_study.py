@@ -1,6 +1,7 @@
 """Why the head matters: one method's task sequence, scored with several heads on the same features.
 
-    .venv/bin/python docs/bench-cl/head_study.py --method janus --preset quick --threads 2
+    .venv/bin/python docs/bench-cl/head_study.py --method janus --preset quick --threads 2 \
+        [--set KEY=VALUE ...]
 
 After each task, with that task's working model, every head below is built from statistics of the
 tasks' training features *as they were measured at each task's end* (no old data) and scored on
@@ -28,6 +29,7 @@ from learner.bench import BenchConfig, _preset, _train_config, load_split
 from learner.data import Task
 from learner.head import ClassStatistics, cosine_head, linear_logits
 from learner.inputs import to_uint8_tensor
+from learner.jobs_cli import parse_setting
 from learner.state import ContinualModel, LearnerState, build_model
 from learner.train import extract_features, learn_task
 
@@ -93,9 +95,13 @@ def main() -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shrinkage", type=float, default=0.3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(preset=args.preset, train_overrides={"num_threads": args.threads})
+    overrides = dict(parse_setting(item) for item in args.set)
+    cfg = BenchConfig(
+        preset=args.preset, train_overrides={"num_threads": args.threads, **overrides}
+    )
     tasks = load_split(cfg)  # equal test sizes per task: ACC is the mean of the last row
     train_cfg = _train_config(cfg, args.method)
     backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
