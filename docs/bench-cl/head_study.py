@@ -9,8 +9,8 @@ the test sets of all tasks so far:
 
 - `cosine`: rows at the classes' normalised mean features (the project's first head),
 - `cosine-centred`: the same after subtracting the mean feature of everything seen (SimpleShot),
-- `lda-raw` / `lda`: LDA with a shared, shrunk covariance on raw / L2-normalised features (the
-  project's head, `learner.head`).
+- `lda`: LDA with a shared, shrunk covariance on L2-normalised features (the project's head,
+  `learner.head`).
 
 At the end, two references use the old tasks' training data, which the learner never keeps:
 `fresh` recomputes the LDA statistics with the final model (what stale statistics cost), and
@@ -42,19 +42,15 @@ def _features(model: ContinualModel, task: Task, split: str) -> tuple[torch.Tens
     return feats, torch.from_numpy(batch.labels).long()
 
 
-def _heads(
-    raw: ClassStatistics, normed: ClassStatistics, centre: torch.Tensor, g: float
-) -> dict[str, Head]:
-    cos_w, cos_b = cosine_head(normed.means)
-    centred = F.normalize(normed.means - centre, dim=-1)
-    w_raw, b_raw = raw.lda_head(g)
-    w, b = normed.lda_head(g)
+def _heads(stats: ClassStatistics, centre: torch.Tensor, g: float) -> dict[str, Head]:
+    cos_w, cos_b = cosine_head(stats.means)
+    centred = F.normalize(stats.means - centre, dim=-1)
+    w, b = stats.lda_head(g)
     return {
         "cosine": lambda f: linear_logits(f.float(), cos_w, cos_b),
         "cosine-centred": lambda f: (
             F.normalize(F.normalize(f, dim=-1) - centre, dim=-1) @ centred.T
         ),
-        "lda-raw": lambda f: f.float() @ w_raw.T + b_raw,
         "lda": lambda f: linear_logits(f.float(), w, b),
     }
 
@@ -107,7 +103,7 @@ def main() -> None:
     backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
     state = LearnerState(backbone, cfg.lora)
     dim = build_model(state).num_features
-    raw, normed = ClassStatistics.empty(dim), ClassStatistics.empty(dim)
+    stats = ClassStatistics.empty(dim)
     total, seen = torch.zeros(dim, dtype=torch.float64), 0
     rows: dict[str, list[list[float]]] = {}
     model = build_model(state)
@@ -116,9 +112,9 @@ def main() -> None:
         state, model = result.state, result.model
         feats, labels = _features(model, task, "train")
         k = len(task.class_names)
-        raw, normed = raw.added(feats, labels, k), normed.added(feats, labels, k)
+        stats = stats.added(feats, labels, k)
         total, seen = total + F.normalize(feats, dim=-1).sum(0), seen + len(labels)
-        heads = _heads(raw, normed, total / seen, args.shrinkage)
+        heads = _heads(stats, total / seen, args.shrinkage)
         for name, accs in _scores(model, tasks[: t + 1], heads).items():
             rows.setdefault(name, []).append(accs)
         print(f"after task {t + 1}: " + ", ".join(f"{n} {r[-1][-1]:.1f}" for n, r in rows.items()))
