@@ -7,7 +7,14 @@ is measured against it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from learner.config import MethodConfig
+
+_UNPROTECTED: dict[str, Any] = dict(
+    a_init="random", protect=False, rectify=False, margin_loss=False
+)
+"""Plain LoRA: random A, no subspace protection, no GR, no DML."""
 
 _REGISTRY: dict[str, MethodConfig] = {
     "janus": MethodConfig(name="janus"),
@@ -23,25 +30,9 @@ _REGISTRY: dict[str, MethodConfig] = {
         running_covariance=False,
     ),
     "lora-gpm": MethodConfig(name="lora-gpm", rectify=False, margin_loss=False),
-    "seq-lora": MethodConfig(
-        name="seq-lora", a_init="random", protect=False, rectify=False, margin_loss=False
-    ),
-    "frozen": MethodConfig(
-        name="frozen",
-        a_init="random",
-        protect=False,
-        rectify=False,
-        margin_loss=False,
-        adapt=False,
-    ),
-    "joint": MethodConfig(
-        name="joint",
-        a_init="random",
-        protect=False,
-        rectify=False,
-        margin_loss=False,
-        joint=True,
-    ),
+    "seq-lora": MethodConfig(name="seq-lora", **_UNPROTECTED),
+    "frozen": MethodConfig(name="frozen", **_UNPROTECTED, adapt=False),
+    "joint": MethodConfig(name="joint", **_UNPROTECTED, joint=True),
 }
 
 ABLATIONS = ("janus-no-oe", "janus-no-gr", "janus-no-dml")
