@@ -22,6 +22,7 @@ import httpx
 
 from adapters_store import open_store
 from learner.jobs_config import JobSettings
+from service.process_group import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -40,32 +41,12 @@ class Child:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to its process group, SIGKILL after `timeout`."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of the group
+        stop_group(self.process, timeout)
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Child:
     log = logs / f"{name}.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
-        )
-    return Child(name, process, log)
+    return Child(name, spawn_group(argv, env, log, REPO), log)
 
 
 def admin_token(data_dir: Path) -> str:

@@ -27,8 +27,8 @@ from learner.data import LabeledBatch, write_class_folders
 from learner.jobs import JobStatus, LearnRequest, submit, wait
 from learner.jobs_config import JobSettings
 from learner.redis_embedded import EmbeddedRedis, start_embedded
+from service.process_group import spawn_group, stop_group
 from tests.conftest import TINY_BACKBONES
-from tests.procs import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = {  # a redelivered job must end before its visibility timeout passes again

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import spawn_group, stop_group
+from service.process_group import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 
