@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -231,8 +231,8 @@ class VersionStore:
         if existing is None:
             version_id, existing = self._reserve(owner, key)
         if existing is not None:  # a retry: finish what the first attempt may not have done
-            if who is not None and not self._was_served(existing.id):
-                self._set_serving(existing.id, "activate", *who)
+            if who is not None:
+                self._set_serving(existing.id, "activate", *who, unless_served=True)
             return existing
         try:
             staging = self._backend.staging_dir(version_id, owner.token)
@@ -251,8 +251,8 @@ class VersionStore:
                 self._abandon(version_id, key)
             raise
         self._manifests[version_id] = manifest
-        if who is not None:
-            self._set_serving(version_id, "activate", *who)
+        if who is not None:  # a retry under the same key may have activated it already
+            self._set_serving(version_id, "activate", *who, unless_served=True)
         return manifest
 
     def _check_parent(self, draft: ManifestDraft) -> None:
@@ -363,15 +363,18 @@ class VersionStore:
             f"{self.uri}; name one with `janus rollback --to ID` (see `janus versions`)"
         )
 
-    def _was_served(self, version_id: str) -> bool:
-        """Whether the pointer ever named `version_id` (an interrupted activation does not count).
+    def activate_unless_served(
+        self, version_id: str, *, actor: str | None = None, reason: str = ""
+    ) -> AuditEntry | None:
+        """Activates `version_id` unless the pointer ever named it; None when it did.
 
-        The log is written ahead of the pointer, so an entry took effect if the next entry starts
-        from its target, or, for the last entry, if the pointer holds its target.
+        For a retried job: it finishes an activation the first attempt did not make, but does not
+        undo a rollback made since. Checked and done under the serving lock, so two retries at once
+        activate once.
         """
-        entries = self.history()
-        ends = [e.from_ for e in entries[1:]] + [self.serving()]
-        return any(e.to == version_id == end for e, end in zip(entries, ends, strict=True))
+        actor, reason = self._check_actor(actor, reason)
+        version_id = paths.check_version_id(version_id)
+        return self._set_serving(version_id, "activate", actor, reason, unless_served=True)
 
     def history(self) -> list[AuditEntry]:
         """Every change of the serving version, oldest first."""
@@ -387,9 +390,39 @@ class VersionStore:
         except ValidationError as err:
             raise InvalidManifest(f"actor or reason rejected: {err}") from None
 
+    @overload
     def _set_serving(
-        self, version_id: str, action: Literal["activate", "rollback"], actor: str, reason: str
-    ) -> AuditEntry:
+        self,
+        version_id: str,
+        action: Literal["activate", "rollback"],
+        actor: str,
+        reason: str,
+        *,
+        unless_served: Literal[False] = False,
+    ) -> AuditEntry: ...
+
+    @overload
+    def _set_serving(
+        self,
+        version_id: str,
+        action: Literal["activate", "rollback"],
+        actor: str,
+        reason: str,
+        *,
+        unless_served: bool,
+    ) -> AuditEntry | None: ...
+
+    def _set_serving(
+        self,
+        version_id: str,
+        action: Literal["activate", "rollback"],
+        actor: str,
+        reason: str,
+        *,
+        unless_served: bool = False,
+    ) -> AuditEntry | None:
+        """Appends the audit entry, then moves the pointer; with `unless_served`, does nothing
+        (and returns None) if the pointer ever named `version_id`."""
         self.verify_version(version_id)
         with self._backend.lock("serving", self.settings):
             try:
@@ -408,6 +441,8 @@ class VersionStore:
                 raw = self._backend.read(LOG)
             except FileNotFoundError:
                 raw = b""
+            if unless_served and _was_served(decode_log(raw), current, version_id):
+                return None
             if not raw.endswith(b"\n") and raw:  # a crash tore the last append: drop it
                 self._backend.write(LOG, complete_prefix(raw))
             self._backend.append(LOG, entry.to_line())
@@ -543,3 +578,13 @@ def _local(root: str, uri: str, create: bool) -> LocalBackend:
             )
         os.makedirs(root, exist_ok=True)
     return LocalBackend(root, uri)
+
+
+def _was_served(entries: list[AuditEntry], pointer: str | None, version_id: str) -> bool:
+    """Whether the pointer ever named `version_id` (an interrupted activation does not count).
+
+    The log is written ahead of the pointer, so an entry took effect if the next entry starts from
+    its target, or, for the last entry, if the pointer holds its target.
+    """
+    ends = [e.from_ for e in entries[1:]] + [pointer]
+    return any(e.to == version_id == end for e, end in zip(entries, ends, strict=False))

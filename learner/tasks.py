@@ -112,10 +112,6 @@ def _parent_state(store: VersionStore, parent: str | None, request: LearnRequest
     return state
 
 
-def _was_served(store: VersionStore, version_id: str) -> bool:
-    return store.serving() == version_id or any(e.to == version_id for e in store.history())
-
-
 def _reuse(
     store: VersionStore, existing: Manifest, request: LearnRequest, digest: str
 ) -> tuple[Manifest, bool]:
@@ -126,10 +122,12 @@ def _reuse(
             "other data; use a new key for a new batch"
         )
     wanted = _activate_by_policy(request, existing.metrics.get("holdout_accuracy_new", 0.0))
-    if wanted and not _was_served(store, existing.id):
-        store.activate(existing.id, actor=request.actor, reason=request.reason or "learn job retry")
-        return existing, True
-    return existing, False
+    if not wanted:
+        return existing, False
+    entry = store.activate_unless_served(
+        existing.id, actor=request.actor, reason=request.reason or "learn job retry"
+    )
+    return existing, entry is not None
 
 
 def _activate_by_policy(request: LearnRequest, accuracy_new: float) -> bool:

@@ -230,6 +230,34 @@ def test_a_retried_job_activates_once(store_uri: str) -> None:
     assert len(store.history()) == 3
 
 
+def test_a_retry_activates_a_version_its_first_attempt_published_without_activating(
+    store_uri: str,
+) -> None:
+    store = open_store(store_uri)  # an empty audit log: the case that once raised ValueError
+    job = publish(store, idempotency_key="job-3")
+    assert store.history() == [] and store.serving() is None
+
+    assert publish(store, idempotency_key="job-3", activate=True) == job
+    assert store.serving() == job.id and [e.to for e in store.history()] == [job.id]
+    assert store.activate_unless_served(job.id, actor="ops") is None  # served: nothing to do
+    assert len(store.history()) == 1
+
+
+def test_activate_unless_served_treats_an_interrupted_activation_as_not_served(
+    store_uri: str,
+) -> None:
+    store = open_store(store_uri)
+    first = publish(store, activate=True)
+    second = publish(store, seed=1)
+    fs, root = raw_fs(store_uri)
+    store.activate(second.id, actor="ops")
+    fs.pipe_file(f"{root}/refs/serving", f"{first.id}\n".encode())  # the pointer write was lost
+
+    entry = store.activate_unless_served(second.id, actor="ops", reason="retry")
+    assert entry is not None and entry.from_ == first.id
+    assert store.serving() == second.id
+
+
 def test_a_damaged_pointer_is_reported_and_repaired_by_activating(store_uri: str) -> None:
     store = open_store(store_uri)
     manifest = publish(store, activate=True)
