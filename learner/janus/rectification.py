@@ -15,9 +15,11 @@ so a small B (early in a task) does not blow ΔA up.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from learner.janus.estimation import project_out
+from learner.janus.estimation import Projector
 from learner.lora.layer import LoRALayer
 
 _FLOOR = 1e-12
@@ -66,7 +68,7 @@ class GradientRectifier:
         eps: float = 1e-8,
     ) -> None:
         self.layers = layers
-        self.bases = {name: bases[name].float() for name in layers}  # M (n, k) per layer
+        self.projectors = {name: Projector(bases[name]) for name in layers}  # x ↦ x Q per layer
         self.lr, self.damping, self.betas, self.eps = lr, damping, betas, eps
         self.step_count = 0
         self.exp_avg = {n: torch.zeros(ly.out_features, ly.in_features) for n, ly in layers.items()}
@@ -92,18 +94,19 @@ class GradientRectifier:
                 continue
             r0, r1 = layer.rows
             g = w.grad.view(w.shape[0], w.shape[1])[r0:r1]  # (m, n)
-            basis = self.bases[name]
-            d = project_out(g, basis)  # D = g Q
+            project = self.projectors[name]
+            d = project(g)  # D = g Q
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
             m.mul_(beta1).add_(d, alpha=1 - beta1)
             v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-            direction = (m / bias1) / ((v / bias2).sqrt() + self.eps)  # Adam, elementwise
-            u = project_out(direction, basis)  # U = AdamDirection(D) Q
+            denom = (v.sqrt() / math.sqrt(bias2)).add_(self.eps)
+            direction = torch.div(m, denom).div_(bias1)  # Adam: (m/b1) / (√(v/b2) + eps)
+            u = project(direction)  # U = AdamDirection(D) Q
             a, b = layer.lora_A, layer.lora_B
             delta_a, delta_b = factor_updates(a, b, u, layer.scale, self.damping)
             a.sub_(self.lr * delta_a)
             b.sub_(self.lr * delta_b)
-            a.copy_(project_out(a, basis))  # keep A M = 0 against rounding
+            a.copy_(project(a))  # keep A M = 0 against rounding
 
     def release(self) -> None:
         """Give the base weights back their frozen state."""

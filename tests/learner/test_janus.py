@@ -10,7 +10,13 @@ from learner.config import LoRAConfig, TrainConfig
 from learner.data import LabeledBatch
 from learner.head import cosine_logits
 from learner.inputs import prepare, to_uint8_tensor
-from learner.janus.estimation import design_a, expand_basis, project_out
+from learner.janus.estimation import (
+    CovarianceAccumulator,
+    Projector,
+    design_a,
+    expand_basis,
+    project_out,
+)
 from learner.janus.margin import decoupled_margin_loss
 from learner.janus.rectification import GradientRectifier, composite_update, factor_updates
 from learner.methods import get_method
@@ -64,6 +70,35 @@ def test_expand_basis_reaches_the_energy_threshold() -> None:
     again = expand_basis(basis, cov, 0.99)  # appends, keeps the old columns' span
     assert again.shape[1] > k
     assert torch.allclose(project_out(basis.T, again), torch.zeros(k, 12), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 5, 40, 60])  # 0 and 5: x − (xM)Mᵀ; 40 and 60 (> n/2): (xC)Cᵀ
+def test_projector_is_x_q_in_either_form(k: int) -> None:
+    n = 64
+    basis, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    basis = basis[:, :k].float()
+    x = torch.randn(30, n)
+    projector = Projector(basis)
+
+    assert (projector.complement is not None) == (2 * k > n)
+    expected = x @ (torch.eye(n) - basis @ basis.T)
+    assert torch.allclose(projector(x), expected, atol=1e-5)
+    assert (projector(x) @ basis).norm() / x.norm() < 1e-6
+
+
+def test_covariance_accumulator_matches_the_float64_sum() -> None:
+    gen = torch.Generator().manual_seed(0)
+    acc = CovarianceAccumulator(6, max_tokens=1000, generator=gen, flush_every=3)
+    chunks = [torch.randn(50, 6) + i for i in range(7)]  # 7 calls: two flushes, one pending
+    for chunk in chunks:
+        acc(chunk)
+    x = torch.cat(chunks).double()
+    assert acc.count == 350
+    assert torch.allclose(acc.second_moment, x.T @ x, rtol=1e-6)
+    assert torch.allclose(acc.covariance(), x.T @ x / 350, rtol=1e-6)
+    acc(chunks[0])  # reading flushed the buffer; adding goes on from there
+    x = torch.cat([*chunks, chunks[0]]).double()
+    assert torch.allclose(acc.second_moment, x.T @ x, rtol=1e-6)
 
 
 def test_designed_a_is_orthogonal_to_the_basis() -> None:
@@ -129,14 +164,26 @@ def test_b_zero_gives_the_row_space_step() -> None:
     assert torch.allclose(db, u @ a.T @ torch.linalg.inv(a @ a.T) / 0.5, atol=1e-4)
 
 
-def test_every_janus_step_keeps_a_orthogonal_to_the_basis(first_task: TaskResult, digits) -> None:
+def _widened(basis: torch.Tensor, share: float) -> torch.Tensor:
+    """The basis plus random orthonormal columns, up to `share` of the input width."""
+    n, k = basis.shape
+    extra = torch.randn(n, max(int(share * n) - k, 0), generator=torch.Generator().manual_seed(k))
+    q, _ = torch.linalg.qr(torch.cat([basis.double(), extra.double()], dim=1))
+    return q.float()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.75])  # the learned basis (k ≤ n/2 here), or k > n/2
+def test_every_janus_step_keeps_a_orthogonal_to_the_basis(
+    first_task: TaskResult, digits, share: float
+) -> None:
     model = build_model(first_task.state)
-    bases = {n: first_task.state.subspace[n].basis for n in model.layers}
+    bases = {n: _widened(first_task.state.subspace[n].basis, share) for n in model.layers}
     for name, layer in model.layers.items():
         layer.reset_factors(
             F.normalize(project_out(torch.randn(layer.rank, layer.in_features), bases[name]), dim=1)
         )
     rect = GradientRectifier(model.layers, bases, lr=1e-2, damping=1e-3)
+    assert all((p.complement is None) == (share == 0) for p in rect.projectors.values())
     batch = _two_tasks(digits)[1]
     images, labels = to_uint8_tensor(batch.images), torch.from_numpy(batch.labels)
     head = torch.randn(3, model.num_features, requires_grad=True)
