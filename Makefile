@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format bench bench-quick clean
+.PHONY: setup data run demo test test-unit check format bench bench-quick bench-step clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,9 @@ bench: setup  ## the full class-incremental benchmark (CPU: about an hour)
 
 bench-quick: setup
 	$(VENV)/bin/janus bench cl --quick --out runs/bench-cl-quick
+
+bench-step: setup  ## step time of janus, its ablations and baselines over seq-lora, interleaved
+	$(VENV)/bin/janus bench step --methods janus,janus-no-oe,janus-no-gr,janus-no-dml,inflora,lora-gpm --out runs/bench-step
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Class-incremental benchmark: every method on the same split in one run (`janus bench cl`).
 
 Writes `results.json` (`{"methods": {name: {acc, maa, bwt, matrix, train_s, step_s}}, "config"}`,
-accuracies in percent), `results.md` and the plots of `learner.metrics`.
+accuracies in percent), `results.md` and the plots of `learner.metrics`. `janus bench step`
+(`run_step_benchmark`) measures only step times, with the methods interleaved.
 """
 
 from __future__ import annotations
@@ -197,4 +198,61 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
             k: v for k, v in cfg.train_overrides.items() if k.startswith("method.")
         },
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_step_benchmark(
+    cfg: BenchConfig,
+    rounds: int = 5,
+    baseline: str = "seq-lora",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Step time of every method of `cfg`, interleaved so machine noise falls on all alike.
+
+    Each method first learns task 1 (so protected methods have a basis and DML old prototypes);
+    then, `rounds` times, every method learns task 2 from that state for one epoch, in an order
+    that rotates each round. A method's step time is the median over rounds of its mean step;
+    the ratio is against the baseline's median from the same run.
+
+    Returns:
+        `{"methods": {name: {"step_s", "samples_s", "ratio"}}, "baseline", "rounds", "config"}`.
+    """
+    names = list(dict.fromkeys([baseline, *cfg.methods]))
+    configs = {name: _train_config(cfg, name) for name in names}
+    for name, train_cfg in configs.items():
+        if not train_cfg.method.adapt:
+            raise ValueError(f"method {name!r} trains nothing, so it has no step time; drop it")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    torch.manual_seed(cfg.seed)
+    tasks = load_split(cfg)
+    if len(tasks) < 2:
+        raise ValueError("the step benchmark needs at least 2 tasks; raise --tasks")
+    backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
+    warm = {}
+    for name in names:
+        one_epoch = configs[name].model_copy(update={"epochs": 1})
+        warm[name] = learn_task(LearnerState(backbone, cfg.lora), tasks[0].train, one_epoch).state
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            timed = configs[name].model_copy(update={"epochs": 1})
+            samples[name].append(learn_task(warm[name], tasks[1].train, timed).metrics["step_s"])
+        log(
+            f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{n} {1000 * s[-1]:.0f} ms" for n, s in samples.items())
+        )
+    medians = {name: float(np.median(s)) for name, s in samples.items()}
+    return {
+        "methods": {
+            name: {
+                "step_s": medians[name],
+                "samples_s": samples[name],
+                "ratio": medians[name] / medians[baseline],
+            }
+            for name in names
+        },
+        "baseline": baseline,
+        "rounds": rounds,
+        "config": _describe(cfg, tasks),
     }

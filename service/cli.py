@@ -34,16 +34,23 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     return on_task
 
 
-def _bench_cl(args: argparse.Namespace) -> int:
-    from learner.bench import BenchConfig, run_benchmark
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """`--set KEY=VALUE` settings, plus `--threads`."""
     from learner.jobs_cli import parse_setting
-    from learner.metrics import markdown_table, matrix_markdown
 
     overrides = dict(parse_setting(item) for item in args.set)
-    if args.epochs:
-        overrides["epochs"] = args.epochs
     if args.threads:
         overrides["num_threads"] = args.threads
+    return overrides
+
+
+def _bench_cl(args: argparse.Namespace) -> int:
+    from learner.bench import BenchConfig, run_benchmark
+    from learner.metrics import markdown_table, matrix_markdown
+
+    overrides = _overrides(args)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
     cfg = BenchConfig(
         data=args.data,
         tasks=args.tasks,
@@ -62,6 +69,30 @@ def _bench_cl(args: argparse.Namespace) -> int:
         print(f"\n{name}: accuracy matrix (row t = after task t, column i = task i)")
         print(matrix_markdown(res["matrix"]))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'} and plots")
+    return 0
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    import json
+
+    from learner.bench import BenchConfig, run_step_benchmark
+
+    cfg = BenchConfig(
+        data=args.data,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        preset="full" if args.full else "quick",
+        seed=args.seed,
+        train_overrides=_overrides(args),
+    )
+    results = run_step_benchmark(cfg, rounds=args.rounds, baseline=args.baseline)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n| method | step ms (median of {args.rounds}) | step / {args.baseline} |")
+    print("|---|---:|---:|")
+    for name, res in results["methods"].items():
+        print(f"| {name} | {1000 * res['step_s']:.0f} | {res['ratio']:.2f} |")
+    print(f"\nwrote {out / 'step.json'}")
     return 0
 
 
@@ -113,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", default="runs/bench-cl")
     cl.add_argument("--no-progress", action="store_true")
     cl.set_defaults(func=_bench_cl)
+
+    step = bench.add_parser(
+        "step", help="training step time of methods, interleaved round by round, as ratios"
+    )
+    step.add_argument("--data", default="fashion-mnist")
+    step.add_argument("--methods", default="janus", help="comma-separated methods to time")
+    step.add_argument("--baseline", default="seq-lora", help="the ratios' denominator")
+    step.add_argument("--rounds", type=int, default=5, help="timed passes per method")
+    step.add_argument("--full", action="store_true", help="the full preset's data (default quick)")
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    step.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    step.add_argument("--out", default="runs/bench-step")
+    step.set_defaults(func=_bench_step)
 
     from adapters_store.cli import register as register_store
 
