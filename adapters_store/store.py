@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -232,7 +232,7 @@ class VersionStore:
             version_id, existing = self._reserve(owner, key)
         if existing is not None:  # a retry: finish what the first attempt may not have done
             if who is not None:
-                self._set_serving(existing.id, "activate", *who, unless_served=True)
+                self._activate_unless_served(existing.id, *who)
             return existing
         try:
             staging = self._backend.staging_dir(version_id, owner.token)
@@ -252,7 +252,7 @@ class VersionStore:
             raise
         self._manifests[version_id] = manifest
         if who is not None:  # a retry under the same key may have activated it already
-            self._set_serving(version_id, "activate", *who, unless_served=True)
+            self._activate_unless_served(version_id, *who)
         return manifest
 
     def _check_parent(self, draft: ManifestDraft) -> None:
@@ -373,8 +373,7 @@ class VersionStore:
         activate once.
         """
         actor, reason = self._check_actor(actor, reason)
-        version_id = paths.check_version_id(version_id)
-        return self._set_serving(version_id, "activate", actor, reason, unless_served=True)
+        return self._activate_unless_served(paths.check_version_id(version_id), actor, reason)
 
     def history(self) -> list[AuditEntry]:
         """Every change of the serving version, oldest first."""
@@ -390,64 +389,61 @@ class VersionStore:
         except ValidationError as err:
             raise InvalidManifest(f"actor or reason rejected: {err}") from None
 
-    @overload
     def _set_serving(
-        self,
-        version_id: str,
-        action: Literal["activate", "rollback"],
-        actor: str,
-        reason: str,
-        *,
-        unless_served: Literal[False] = False,
-    ) -> AuditEntry: ...
-
-    @overload
-    def _set_serving(
-        self,
-        version_id: str,
-        action: Literal["activate", "rollback"],
-        actor: str,
-        reason: str,
-        *,
-        unless_served: bool,
-    ) -> AuditEntry | None: ...
-
-    def _set_serving(
-        self,
-        version_id: str,
-        action: Literal["activate", "rollback"],
-        actor: str,
-        reason: str,
-        *,
-        unless_served: bool = False,
-    ) -> AuditEntry | None:
-        """Appends the audit entry, then moves the pointer; with `unless_served`, does nothing
-        (and returns None) if the pointer ever named `version_id`."""
+        self, version_id: str, action: Literal["activate", "rollback"], actor: str, reason: str
+    ) -> AuditEntry:
         self.verify_version(version_id)
         with self._backend.lock("serving", self.settings):
-            try:
-                current = self.serving()
-            except IntegrityError:  # a damaged pointer: activating is how it gets repaired
-                current = None
-            entry = AuditEntry(
-                time=datetime.now(UTC),
-                action=action,
-                actor=actor,
-                reason=reason,
-                from_=current,
-                to=version_id,
-            )
-            try:
-                raw = self._backend.read(LOG)
-            except FileNotFoundError:
-                raw = b""
-            if unless_served and _was_served(decode_log(raw), current, version_id):
+            current, log = self._serving_record()
+            return self._move_pointer(version_id, action, actor, reason, current, log)
+
+    def _activate_unless_served(
+        self, version_id: str, actor: str, reason: str
+    ) -> AuditEntry | None:
+        """`_set_serving(activate)`, or None if the pointer ever named `version_id`, decided
+        under the same lock so that two retries at once activate once."""
+        self.verify_version(version_id)
+        with self._backend.lock("serving", self.settings):
+            current, log = self._serving_record()
+            if _was_served(decode_log(log), current, version_id):
                 return None
-            if not raw.endswith(b"\n") and raw:  # a crash tore the last append: drop it
-                self._backend.write(LOG, complete_prefix(raw))
-            self._backend.append(LOG, entry.to_line())
-            crash_point("before_pointer")
-            self._backend.write(SERVING, f"{version_id}\n".encode())
+            return self._move_pointer(version_id, "activate", actor, reason, current, log)
+
+    def _serving_record(self) -> tuple[str | None, bytes]:
+        """The pointer (None if unset or damaged) and the raw audit log; under the serving lock."""
+        try:
+            current = self.serving()
+        except IntegrityError:  # a damaged pointer: activating is how it gets repaired
+            current = None
+        try:
+            log = self._backend.read(LOG)
+        except FileNotFoundError:
+            log = b""
+        return current, log
+
+    def _move_pointer(
+        self,
+        version_id: str,
+        action: Literal["activate", "rollback"],
+        actor: str,
+        reason: str,
+        current: str | None,
+        log: bytes,
+    ) -> AuditEntry:
+        """Appends the audit entry, then moves the pointer (write-ahead); under the serving lock."""
+        entry = AuditEntry(
+            time=datetime.now(UTC),
+            action=action,
+            actor=actor,
+            reason=reason,
+            from_=current,
+            to=version_id,
+        )
+        if not log.endswith(b"\n") and log:  # a crash tore the last append: drop it
+            self._backend.write(LOG, complete_prefix(log))
+        self._backend.append(LOG, entry.to_line())
+        crash_point("before_pointer")
+        self._backend.write(SERVING, f"{version_id}\n".encode())
         return entry
 
     # -- maintenance ---------------------------------------------------------------------
