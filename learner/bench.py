@@ -70,6 +70,12 @@ def _preset(cfg: BenchConfig) -> BenchPreset:
         ) from None
 
 
+def initial_state(cfg: BenchConfig) -> LearnerState:
+    """The empty state every method of the run starts from: the backbone at the preset's size."""
+    backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
+    return LearnerState(backbone, cfg.lora)
+
+
 def load_split(cfg: BenchConfig) -> list[Task]:
     """The task sequence: Fashion-MNIST (train/test files) or a labeled batch at a path."""
     preset = _preset(cfg)
@@ -102,10 +108,8 @@ def run_method(
     on_task: Callable[[str, int], ProgressFn | None] = lambda _m, _t: None,
 ) -> dict[str, Any]:
     """Learn the task sequence with one method; its accuracy matrix and timings."""
-    preset = _preset(cfg)
     train_cfg = _train_config(cfg, name)
-    backbone = cfg.backbone.model_copy(update={"input_size": preset.image_size})
-    state = LearnerState(backbone, cfg.lora)
+    state = initial_state(cfg)
     sizes = [len(t.test) for t in tasks]
     train_s, steps, step_total = 0.0, 0.0, 0.0
     if train_cfg.method.joint:
@@ -218,7 +222,7 @@ def run_step_benchmark(
         `{"methods": {name: {"step_s", "samples_s", "ratio"}}, "baseline", "rounds", "config"}`.
     """
     names = list(dict.fromkeys([baseline, *cfg.methods]))
-    configs = {name: _train_config(cfg, name) for name in names}
+    configs = {name: _train_config(cfg, name).model_copy(update={"epochs": 1}) for name in names}
     for name, train_cfg in configs.items():
         if not train_cfg.method.adapt:
             raise ValueError(f"method {name!r} trains nothing, so it has no step time; drop it")
@@ -228,16 +232,13 @@ def run_step_benchmark(
     tasks = load_split(cfg)
     if len(tasks) < 2:
         raise ValueError("the step benchmark needs at least 2 tasks; raise --tasks")
-    backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
-    warm = {}
-    for name in names:
-        one_epoch = configs[name].model_copy(update={"epochs": 1})
-        warm[name] = learn_task(LearnerState(backbone, cfg.lora), tasks[0].train, one_epoch).state
+    empty = initial_state(cfg)
+    warm = {name: learn_task(empty, tasks[0].train, c).state for name, c in configs.items()}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            timed = configs[name].model_copy(update={"epochs": 1})
-            samples[name].append(learn_task(warm[name], tasks[1].train, timed).metrics["step_s"])
+            step_s = learn_task(warm[name], tasks[1].train, configs[name]).metrics["step_s"]
+            samples[name].append(step_s)
         log(
             f"round {r + 1}/{rounds}: "
             + ", ".join(f"{n} {1000 * s[-1]:.0f} ms" for n, s in samples.items())

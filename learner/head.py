@@ -65,12 +65,7 @@ class ClassStatistics:
             labels: (N,) local class indices; every class needs at least one sample.
         """
         f = F.normalize(features.double(), dim=-1)  # (N, d)
-        counts = torch.bincount(labels, minlength=num_classes)
-        if (counts == 0).any():
-            missing = (counts == 0).nonzero().flatten().tolist()
-            raise ValueError(f"no sample of class index {missing} to compute its statistics")
-        sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(0, labels, f)
-        means = sums / counts[:, None]  # (k, d)
+        means = class_means(f, labels, num_classes)  # (k, d)
         centred = f - means[labels]  # (N, d)
         return ClassStatistics(
             torch.cat([self.means, means]),
@@ -96,6 +91,19 @@ class ClassStatistics:
         weight = torch.linalg.solve(cov, self.means.T).T  # (C, d) = (Σ⁻¹ μ_c)ᵀ
         bias = -0.5 * (weight * self.means).sum(dim=1)  # (C,)
         return weight.float(), bias.float()
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean feature (num_classes, d) of each class `0..num_classes-1`, in the features' dtype.
+
+    Raises ValueError naming the classes with no sample.
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        missing = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f"no sample of class index {missing} to compute its mean feature")
+    sums = features.new_zeros(num_classes, features.shape[1]).index_add_(0, labels, features)
+    return sums / counts[:, None].to(features.dtype)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:

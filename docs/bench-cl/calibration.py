@@ -15,9 +15,8 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
-from learner.bench import BenchConfig, _preset, _train_config, load_split
+from learner.bench import BenchConfig, _train_config, initial_state, load_split
 from learner.inputs import to_uint8_tensor
-from learner.state import LearnerState
 from learner.train import learn_task, predict_logits
 
 
@@ -48,8 +47,7 @@ def main() -> None:
     cfg = BenchConfig(preset=args.preset, train_overrides={"num_threads": args.threads})
     tasks = load_split(cfg)
     train_cfg = _train_config(cfg, args.method)
-    backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
-    state = LearnerState(backbone, cfg.lora)
+    state = initial_state(cfg)
     for task in tasks:
         result = learn_task(state, task.train, train_cfg)
         state = result.state

@@ -25,12 +25,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from learner.bench import BenchConfig, _preset, _train_config, load_split
+from learner.bench import BenchConfig, _train_config, initial_state, load_split
 from learner.data import Task
 from learner.head import ClassStatistics, cosine_head, linear_logits
 from learner.inputs import to_uint8_tensor
 from learner.jobs_cli import parse_setting
-from learner.state import ContinualModel, LearnerState, build_model
+from learner.state import ContinualModel, build_model
 from learner.train import extract_features, learn_task
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # features (N, d) → logits (N, C)
@@ -100,8 +100,7 @@ def main() -> None:
     )
     tasks = load_split(cfg)  # equal test sizes per task: ACC is the mean of the last row
     train_cfg = _train_config(cfg, args.method)
-    backbone = cfg.backbone.model_copy(update={"input_size": _preset(cfg).image_size})
-    state = LearnerState(backbone, cfg.lora)
+    state = initial_state(cfg)
     dim = build_model(state).num_features
     stats = ClassStatistics.empty(dim)
     total, seen = torch.zeros(dim, dtype=torch.float64), 0
@@ -122,7 +121,7 @@ def main() -> None:
     for name, matrix in rows.items():
         print(_summary(name, matrix))
     fresh = _reference(model, tasks, args.shrinkage)
-    pristine = _reference(build_model(LearnerState(backbone, cfg.lora)), tasks, args.shrinkage)
+    pristine = _reference(build_model(initial_state(cfg)), tasks, args.shrinkage)
     for name, last in (("fresh", fresh), ("pristine", pristine)):
         print(
             f"{name:15s} ACC {sum(last) / len(last):6.2f}  last row "

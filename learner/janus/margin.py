@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from learner.head import class_means
+
 
 def decoupled_margin_loss(
     features: torch.Tensor, prototypes: torch.Tensor, margin: float
@@ -33,9 +35,4 @@ def class_prototypes(
 ) -> torch.Tensor:
     """Normalised class means (num_classes, d) of L2-normalised features."""
     f = F.normalize(features.float(), dim=-1)  # (N, d)
-    sums = torch.zeros(num_classes, f.shape[1]).index_add_(0, labels, f)  # (K, d)
-    counts = torch.bincount(labels, minlength=num_classes)
-    if (counts == 0).any():
-        missing = (counts == 0).nonzero().flatten().tolist()
-        raise ValueError(f"no sample of class index {missing} to compute its prototype")
-    return F.normalize(sums / counts[:, None], dim=-1)
+    return F.normalize(class_means(f, labels, num_classes), dim=-1)
