@@ -134,6 +134,11 @@ def _pristine_cached(cfg_json: str) -> tuple[dict[str, torch.Tensor], InputSpec,
     return state, spec, width, state_digest(state)
 
 
+def input_spec(cfg: BackboneConfig) -> InputSpec:
+    """The side, mean and std the backbone takes (its weights are loaded once per process)."""
+    return _pristine(cfg)[1]
+
+
 def create_backbone(cfg: BackboneConfig) -> Backbone:
     """A fresh feature extractor with the pristine fp32 base weights, in eval mode."""
     state, spec, width, digest = _pristine(cfg)

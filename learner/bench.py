@@ -77,15 +77,18 @@ def initial_state(cfg: BenchConfig) -> LearnerState:
 
 
 def load_split(cfg: BenchConfig) -> list[Task]:
-    """The task sequence: Fashion-MNIST (train/test files) or a labeled batch at a path."""
+    """The task sequence: Fashion-MNIST (train/test files) or a labeled batch at a path, every
+    image at the preset's side (resized once, as the service resizes)."""
     preset = _preset(cfg)
+    side = preset.image_size
     test: LabeledBatch | None
     if cfg.data == "fashion-mnist":
         train = load_fashion_mnist(split="train")
         test = limit_per_class(load_fashion_mnist(split="test"), preset.test_per_class, cfg.seed)
+        test = test.resized(side)
     else:
-        train, test = load_batch(Path(cfg.data)), None
-    train = limit_per_class(train, preset.train_per_class, cfg.seed)
+        train, test = load_batch(Path(cfg.data), image_size=side), None
+    train = limit_per_class(train, preset.train_per_class, cfg.seed).resized(side)
     return class_incremental_split(train, test, tasks=cfg.tasks, seed=cfg.seed)
 
 

@@ -1,12 +1,17 @@
-"""Images (uint8 N×H×W×C) to normalised backbone inputs, with light augmentation for training."""
+"""Pixels (uint8, at the model's side) to model input in torch, with augmentation for training.
+
+The pixels come from `learner.data.images`, the one image path that serving takes too: decoded,
+upright, resized to the model's side. This module is that path's last step in torch (the twin of
+`images.model_input`: float (B, 3, S, S) with values 0–255) plus training's augmentation.
+Normalisation by the backbone's mean and std is the model's own first step
+(`ContinualModel.normalize`), so it is part of the exported ONNX graph.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from learner.backbones import InputSpec
 
 
 def to_uint8_tensor(images: np.ndarray) -> torch.Tensor:
@@ -18,27 +23,28 @@ def to_uint8_tensor(images: np.ndarray) -> torch.Tensor:
 
 def prepare(
     images: torch.Tensor,
-    spec: InputSpec,
+    side: int,
     augment: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, C, H, W), C ∈ {1, 3} → float (B, 3, S, S) normalised by the backbone's spec.
+    """uint8 (B, C, S, S), C ∈ {1, 3} → float (B, 3, S, S), pixel values 0–255.
 
     Augmentation (training only): random horizontal flip and a shift of up to 1/8 of the side.
     """
-    x = images.float() / 255.0  # (B, C, H, W)
+    if images.shape[-2:] != (side, side):
+        raise ValueError(
+            f"images are {tuple(images.shape[-2:])}, the model takes {side}×{side}; resize them "
+            "with LabeledBatch.resized (the same resize as the service's)"
+        )
+    x = images.float()  # (B, C, S, S)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)  # grayscale → 3 channels
-    if x.shape[-2:] != (spec.size, spec.size):
-        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False)
     if augment:
         b = x.shape[0]
         flip = torch.rand(b, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        pad = max(spec.size // 8, 1)
+        pad = max(side // 8, 1)
         padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (B, 3, S+2p, S+2p)
         dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-        x = padded[:, :, dy : dy + spec.size, dx : dx + spec.size]
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+        x = padded[:, :, dy : dy + side, dx : dx + side]
+    return x.contiguous()

@@ -1,8 +1,10 @@
 """The merged model as ONNX: fixed square input, dynamic batch, checked against torch.
 
-The exported graph is `ContinualModel.forward`: normalised float images (B, 3, S, S) → logits
-(B, C) over every seen class, in head order. The input spec (side, mean, std) and the class names
-ride along as ONNX metadata, so a runtime needs nothing else to prepare inputs and name outputs.
+The exported graph is `ContinualModel.forward`: pixels, float (B, 3, S, S) with values 0–255, →
+logits (B, C) over every seen class, in head order; normalisation by the backbone's mean and std
+is inside the graph. The side, the input convention (`janus.input`), mean, std and the class names
+ride along as ONNX metadata, so a runtime needs nothing else to prepare inputs (with
+`learner.data.images`) and to name outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from learner.state import ContinualModel
 INPUT = "images"
 OUTPUT = "logits"
 OPSET = 17
+PIXELS = "rgb-0-255"
+"""`janus.input`: the graph takes RGB pixel values 0–255 and normalises them itself."""
 
 
 class ExportError(RuntimeError):
@@ -29,10 +33,10 @@ class ExportError(RuntimeError):
 
 
 def example_input(model: ContinualModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """Normalised-range random images (B, 3, S, S) for tracing and checking."""
+    """Random pixels (B, 3, S, S), values 0–255, for tracing."""
     gen = torch.Generator().manual_seed(seed)
     size = model.spec.size
-    return torch.randn(batch, 3, size, size, generator=gen)
+    return 255.0 * torch.rand(batch, 3, size, size, generator=gen)
 
 
 def export_onnx(model: ContinualModel, class_names: Sequence[str] = ()) -> bytes:
@@ -57,6 +61,7 @@ def export_onnx(model: ContinualModel, class_names: Sequence[str] = ()) -> bytes
             )
         proto = onnx.load(str(path))
     meta = {
+        "janus.input": PIXELS,
         "janus.input_size": str(model.spec.size),
         "janus.mean": json.dumps(list(model.spec.mean)),
         "janus.std": json.dumps(list(model.spec.std)),
@@ -80,11 +85,14 @@ def run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def check_onnx(model: ContinualModel, data: bytes, tol: float = 1e-5, batch: int = 3) -> float:
-    """`max |onnx − torch| / max(1, max |torch|)` over a batch of size `batch` (not the traced
-    one); raises past `tol`. Relative to the logits' scale: the LDA head's logits run to the
+def check_onnx(
+    model: ContinualModel, data: bytes, images: torch.Tensor | None = None, tol: float = 1e-5
+) -> float:
+    """`max |onnx − torch| / max(1, max |torch|)` on `images` (model input (B, 3, S, S), e.g.
+    real held-out images through `learner.inputs.prepare`; default 3 random ones, not the traced
+    batch); raises past `tol`. Relative to the logits' scale: the LDA head's logits run to the
     hundreds, where fp32 rounding alone differs by more than any fixed absolute tolerance."""
-    x = example_input(model, batch=batch, seed=1)
+    x = example_input(model, batch=3, seed=1) if images is None else images.float()
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     got = run_onnx(data, x.numpy())

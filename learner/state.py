@@ -122,8 +122,10 @@ class LearnerState:
 class ContinualModel(nn.Module):
     """Backbone with LoRA layers (earlier tasks merged) and one linear head over seen classes.
 
-    The head is linear over L2-normalised features, `normalize(f) Wᵀ + b` *(ours)*: the LDA head
-    of `learner.head` by default, or scaled cosine rows (b = 0).
+    Its input is pixels, float (B, 3, S, S) with values 0–255; normalising them by the backbone's
+    mean and std is its first step, so the exported ONNX graph does it too. The head is linear
+    over L2-normalised features, `normalize(f) Wᵀ + b` *(ours)*: the LDA head of `learner.head`
+    by default, or scaled cosine rows (b = 0).
     """
 
     def __init__(self, backbone: Backbone, lora: LoRAConfig) -> None:
@@ -132,17 +134,27 @@ class ContinualModel(nn.Module):
         self.spec: InputSpec = backbone.spec
         self.num_features = backbone.num_features
         self.layers: dict[str, LoRALayer] = inject_lora(self.backbone, lora)
+        mean = torch.tensor(backbone.spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(backbone.spec.std).view(1, 3, 1, 1)
+        self.pixel_scale: torch.Tensor
+        self.pixel_shift: torch.Tensor
+        self.register_buffer("pixel_scale", 1.0 / (255.0 * std))
+        self.register_buffer("pixel_shift", -mean / std)
         self.head_weight: torch.Tensor
         self.head_bias: torch.Tensor
         self.register_buffer("head_weight", torch.zeros(0, backbone.num_features))
         self.register_buffer("head_bias", torch.zeros(0))
 
+    def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels 0–255 (B, 3, S, S) → the backbone's input, `(x / 255 − mean) / std`."""
+        return x * self.pixel_scale + self.pixel_shift
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-logit features (B, d) of normalised images (B, 3, S, S)."""
-        return self.backbone(x)
+        """Pre-logit features (B, d) of pixels (B, 3, S, S), values 0–255 (`learner.inputs`)."""
+        return self.backbone(self.normalize_pixels(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) over every seen class."""
+        """Logits (B, C) over every seen class, of pixels (B, 3, S, S) with values 0–255."""
         return self.head(self.features(x))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

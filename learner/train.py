@@ -82,8 +82,9 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 def extract_features(
     model: ContinualModel, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Pre-logit features (N, d) of uint8 images (N, C, H, W), no augmentation."""
-    out = [model.features(prepare(images[s], model.spec)) for s in _chunks(len(images), batch_size)]
+    """Pre-logit features (N, d) of uint8 images (N, C, S, S) at the model side, no augmentation."""
+    side = model.spec.size
+    out = [model.features(prepare(images[s], side)) for s in _chunks(len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, model.num_features)
 
 
@@ -91,7 +92,7 @@ def extract_features(
 def predict_logits(
     model: ContinualModel, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Logits (N, C) over every seen class for uint8 images (N, C, H, W)."""
+    """Logits (N, C) over every seen class for uint8 images (N, C, S, S) at the model's side."""
     return model.head(extract_features(model, images, batch_size))
 
 
@@ -102,7 +103,8 @@ def evaluate(model: ContinualModel, batch: LabeledBatch, seen: list[str]) -> flo
         target = torch.tensor([index[batch.class_names[int(y)]] for y in batch.labels])
     except KeyError as exc:
         raise ValueError(f"class {exc.args[0]!r} of the test batch was never learned") from None
-    pred = predict_logits(model, to_uint8_tensor(batch.images)).argmax(dim=1)
+    pixels = to_uint8_tensor(batch.resized(model.spec.size).images)  # (N, C, S, S)
+    pred = predict_logits(model, pixels).argmax(dim=1)
     return 100.0 * (pred == target).float().mean().item()
 
 
@@ -173,7 +175,7 @@ def learn_task(
 
     model = build_model(state)
     layers = model.layers
-    images = to_uint8_tensor(batch.images)  # (N, C, H, W) uint8
+    images = to_uint8_tensor(batch.resized(model.spec.size).images)  # (N, C, S, S) uint8
     labels = torch.from_numpy(batch.labels).long()  # (N,) local 0..k-1
     n, k_new = len(labels), len(batch.class_names)
 
@@ -230,7 +232,7 @@ def learn_task(
         for sl in _chunks(n, cfg.batch_size):
             t0 = time.perf_counter()
             idx = order[sl]
-            x = prepare(images[idx], model.spec, augment=cfg.augment, generator=gen)
+            x = prepare(images[idx], model.spec.size, augment=cfg.augment, generator=gen)
             feats = model.features(x)  # (B, d); OE observers add XᵀX here
             logits = cosine_logits(feats, head_w)  # (B, k): this task's only
             loss = F.cross_entropy(logits, labels[idx])

@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from adapters_store import NotFound, NothingToRollBack, StoreError
-from learner.jobs import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
+from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
-from service.images import ImageError, decode_base64, open_image, to_input
+from service.images import ImageError, decode_base64, model_input
 
 GetServing = Callable[[], Serving]
 
@@ -253,16 +253,16 @@ def create_api(get_serving: GetServing) -> FastAPI:
                 raise HTTPException(
                     413, f"{len(data)} images in one request; the limit is {s.max_images}"
                 )
-            images = await run_in_threadpool(
-                lambda: [
-                    open_image(d, i, formats=s.image_formats, max_pixels=s.max_pixels)
-                    for i, d in enumerate(data)
-                ]
-            )
             model = serving.model  # this request's version, whatever swaps meanwhile
             if model is None:
                 raise HTTPException(503, "no version loaded yet; see GET /readyz")
-            x = await run_in_threadpool(to_input, images, model.size, model.mean, model.std)
+            x = await run_in_threadpool(
+                model_input,
+                data,
+                model.size,
+                formats=s.image_formats,
+                max_pixels=s.max_pixels,
+            )
             logits = await serving.batcher.logits(model, x)
             answer = ClassifyResponse(
                 version=model.version, results=_top(_softmax(logits), model.class_names, k)
@@ -384,7 +384,7 @@ def _admin_router(Svc: Any) -> APIRouter:
 
 async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, Any], str]:
     """A multipart learn request: the archive staged in the store, and the other fields."""
-    from learner.intake import stage_dataset
+    from learner.jobs.intake import stage_dataset
 
     try:
         form = await request.form(max_files=1, max_fields=4)

@@ -71,7 +71,7 @@ def load_level(url: str, images: list[bytes], concurrency: int, requests: int) -
 def engine_ratio(version: str | None, batch: int, repeats: int = 20) -> dict[str, Any]:
     """Mean time per batch of ONNX Runtime and torch eager on the same version (this process)."""
     from adapters_store import open_store
-    from learner.jobs_config import JobSettings
+    from learner.jobs.settings import JobSettings
     from service.runtime import load_version
 
     store = open_store(JobSettings.from_env().store_uri, create=False, clean=False)

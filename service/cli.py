@@ -36,7 +36,7 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """`--set KEY=VALUE` settings, plus `--threads`."""
-    from learner.jobs_cli import parse_setting
+    from learner.jobs.cli import parse_setting
 
     overrides = dict(parse_setting(item) for item in args.set)
     if args.threads:
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters_store.cli import register as register_store
 
     register_store(sub)
-    from learner.jobs_cli import register as register_jobs
+    from learner.jobs.cli import register as register_jobs
 
     register_jobs(sub)
     from service.commands import register as register_service

@@ -11,7 +11,7 @@ from service.client import ServiceError, classify, default_url
 
 
 def _up(args: argparse.Namespace) -> int:
-    from learner.jobs_config import JobSettings
+    from learner.jobs.settings import JobSettings
     from service.up import run_up
 
     data_dir = Path(args.data_dir) if args.data_dir else JobSettings.from_env().data_dir

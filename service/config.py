@@ -17,7 +17,7 @@ JANUS_THREADS            intra-op threads per worker (default: CPU cores / worke
 JANUS_WORKERS            service worker processes
 JANUS_PORT               port of `janus up` / `bentoml serve`
 
-Where the store, Redis and datasets are comes from `learner.jobs_config.JobSettings`.
+Where the store, Redis and datasets are comes from `learner.jobs.settings.JobSettings`.
 """
 
 from __future__ import annotations

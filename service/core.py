@@ -9,8 +9,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from adapters_store import VersionStore, open_store
-from learner.jobs_config import JobSettings
-from learner.redis_embedded import find_running
+from learner.jobs.settings import JobSettings
+from learner.jobs.redis_embedded import find_running
 from service.batching import Batcher
 from service.config import ServiceSettings
 from service.metrics import ServiceMetrics, service_metrics
@@ -81,7 +81,7 @@ class Serving:
                         "no Redis for learn jobs: set JANUS_REDIS_URL, or start `janus worker` "
                         f"(it starts the embedded Redis of {self.jobs.data_dir})"
                     )
-                from learner.celery_app import create_app
+                from learner.jobs.app import create_app
 
                 self._app = create_app(self.jobs, url)
             return self._app

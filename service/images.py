@@ -1,39 +1,23 @@
-"""Client images → model inputs, refusing what a worker should not decode.
+"""Client images → model input, through the one image path of `learner.data.images`.
 
-Checks, in order: the format (sniffed from the bytes, not a file name) is on the allowlist (415);
-the declared size is under the pixel limit, read from the header before any pixel is decoded
-(decompression bombs, 413); the image decodes (400, naming the problem). Accepted images become
-RGB, are resized to the model's side and normalised with its mean and std.
+The service decodes and prepares images exactly as training did (`learner.data.images`: format
+by content, pixel limit from the header, EXIF orientation, antialiased resize to the model's side);
+this module only adds what is particular to HTTP: base64 payloads, and the status code of each
+refusal (415 unsupported format, 413 too many pixels, 400 empty or corrupt).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-"""Leading bytes of formats PIL reads: a file that starts like one but does not open is corrupt."""
+from learner.data import images
 
-
-def sniff(data: bytes) -> str | None:
-    """The format the leading bytes announce, if any."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for magic, name in MAGIC.items() if data.startswith(magic)), None)
+STATUS = {"empty": 400, "unsupported": 415, "too_large": 413, "corrupt": 400}
+"""HTTP status of each kind of refused image (`images.ImageError.kind`)."""
 
 
 class ImageError(ValueError):
@@ -56,57 +40,20 @@ def decode_base64(text: str, index: int) -> bytes:
         raise ImageError(400, f"image {index}: not valid base64 ({err})") from None
 
 
-def open_image(data: bytes, index: int, *, formats: Sequence[str], max_pixels: int) -> Image.Image:
-    """Decodes one image to RGB after checking its format and declared size."""
-    if not data:
-        raise ImageError(400, f"image {index}: empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=None)
-    except UnidentifiedImageError:
-        announced = sniff(data)
-        if announced in formats:
-            raise ImageError(
-                400, f"image {index}: corrupt {announced} data (the header does not parse)"
-            ) from None
-        raise ImageError(
-            415, f"image {index}: not a recognised image; send one of {', '.join(formats)}"
-        ) from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(413, f"image {index}: refused as a decompression bomb ({err})") from None
-    if im.format not in formats:
-        raise ImageError(
-            415, f"image {index}: format {im.format} is not accepted; send {', '.join(formats)}"
-        )
-    w, h = im.size
-    if w * h > max_pixels:
-        raise ImageError(
-            413,
-            f"image {index}: {w}×{h} = {w * h} pixels is above the limit of {max_pixels} "
-            "(JANUS_MAX_PIXELS); send a smaller image",
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
-        return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageError(400, f"image {index}: corrupt {im.format} data ({err})") from None
-
-
-def to_input(
-    images: Sequence[Image.Image],
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+def model_input(
+    data: Sequence[bytes], side: int, *, formats: Collection[str], max_pixels: int
 ) -> np.ndarray:
-    """RGB images → float32 (B, 3, S, S), resized (bilinear) and normalised."""
-    side = (size, size)
-    arrays = [
-        np.asarray(im if im.size == side else im.resize(side, Image.Resampling.BILINEAR))
-        for im in images
-    ]
-    x = np.stack(arrays).astype(np.float32) / np.float32(255.0)  # (B, S, S, 3)
-    scaled = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2), dtype=np.float32)  # (B, 3, S, S)
+    """A request's images as the model takes them: float32 (N, 3, S, S), pixel values 0–255.
+
+    Each image is decoded and resized on its own, so a request holds at most one full-size
+    decoded image at a time.
+    """
+    try:
+        pixels = [
+            images.pixels(d, side, name=f"image {i}", formats=formats, max_pixels=max_pixels)
+            for i, d in enumerate(data)
+        ]
+    except images.ImageError as err:
+        limit = " (JANUS_MAX_PIXELS)" if err.kind == "too_large" else ""
+        raise ImageError(STATUS[err.kind], f"{err}{limit}") from None
+    return images.model_input(pixels)

@@ -54,7 +54,7 @@ def _archive(path: Path) -> tuple[str, bytes]:
 
 
 def _learn(args: argparse.Namespace) -> Any:
-    from learner.jobs_cli import parse_setting
+    from learner.jobs.cli import parse_setting
 
     train = dict(parse_setting(item) for item in args.set)
     if args.epochs:

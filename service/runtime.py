@@ -23,7 +23,8 @@ PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """An immutable, warmed model of one version; `logits` maps (B, 3, S, S) → (B, C)."""
+    """An immutable, warmed model of one version; `logits` maps pixels (B, 3, S, S), float values
+    0–255 (`service.images.model_input`), to (B, C)."""
 
     version: str
     class_names: tuple[str, ...]
@@ -52,8 +53,20 @@ def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
     except (KeyError, ValueError) as err:
         raise ValueError(f"version {version}: model.onnx lacks janus metadata ({err})") from None
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    # Versions exported before the graph normalised its input (no `janus.input`) take
+    # (x / 255 − mean) / std; the same normalisation, done here instead of in the graph.
+    legacy = "janus.input" not in meta
+    if not legacy and meta["janus.input"] != "rgb-0-255":
+        raise ValueError(
+            f"version {version}: model.onnx takes input {meta['janus.input']!r}, which this "
+            "service does not know; upgrade the service"
+        )
+    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(1, 3, 1, 1)
+    shift = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(1, 3, 1, 1)
 
     def logits(x: np.ndarray) -> np.ndarray:
+        if legacy:
+            x = (x * scale + shift).astype(np.float32)
         (out,) = session.run([out_name], {in_name: x})
         return np.asarray(out)
 
@@ -65,7 +78,7 @@ def _torch(store: VersionStore, version: str, threads: int) -> LoadedModel:
     import torch
 
     from learner.state import build_model
-    from learner.versioning import backbone_digest, load_state
+    from learner.jobs.versioning import backbone_digest, load_state
 
     torch.set_num_threads(threads)
     state = load_state(store, version)

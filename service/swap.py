@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from adapters_store import StoreError, VersionStore
-from learner.jobs import SERVING_CHANNEL
+from learner.jobs.client import SERVING_CHANNEL
 from service.metrics import ServiceMetrics
 from service.runtime import LoadedModel
 

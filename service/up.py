@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from adapters_store import open_store
-from learner.jobs_config import JobSettings
+from learner.jobs.settings import JobSettings
 from service.process_group import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,11 +76,11 @@ def _wait_ready(url: str, children: list[Child], timeout: float) -> None:
 
 
 def _learn_first(settings: JobSettings, redis_url: str) -> None:
-    from learner.celery_app import create_app
+    from learner.jobs.app import create_app
     from learner.config import BackboneConfig
-    from learner.intake import stage_dataset
-    from learner.jobs import LearnRequest, submit, wait
-    from learner.jobs_cli import _Bar
+    from learner.jobs.intake import stage_dataset
+    from learner.jobs.client import LearnRequest, submit, wait
+    from learner.jobs.cli import _Bar
 
     app = create_app(settings, redis_url)
     request = LearnRequest(
@@ -124,7 +124,7 @@ Ctrl-C stops everything.
 
 def run_up(data_dir: Path, port: int, host: str = "127.0.0.1", workers: int = 2) -> int:
     """Runs the stack until Ctrl-C (or SIGTERM); returns the exit code."""
-    from learner.celery_app import resolve_redis
+    from learner.jobs.app import resolve_redis
 
     data_dir = data_dir.expanduser().resolve()
     logs = data_dir / "logs"

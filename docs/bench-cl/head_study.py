@@ -29,7 +29,7 @@ from learner.bench import BenchConfig, _train_config, initial_state, load_split
 from learner.data import Task
 from learner.head import ClassStatistics, cosine_head, linear_logits
 from learner.inputs import to_uint8_tensor
-from learner.jobs_cli import parse_setting
+from learner.jobs.cli import parse_setting
 from learner.state import ContinualModel, build_model
 from learner.train import extract_features, learn_task
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from learner.celery_app import create_app
-from learner.jobs import LEARN_TASK, LearnRequest
-from learner.jobs_config import JobSettings
-from learner.tasks import _activate_by_policy
+from learner.jobs.app import create_app
+from learner.jobs.client import LEARN_JOB, LearnRequest
+from learner.jobs.settings import JobSettings
+from learner.jobs.learn import _activate_by_policy
 
 
 def test_app_is_configured_for_long_json_only_jobs(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_app_is_configured_for_long_json_only_jobs(tmp_path: Path) -> None:
     assert conf.task_soft_time_limit == 90 and conf.task_time_limit == 100
     assert conf.broker_transport_options["visibility_timeout"] == 120
     assert conf.result_expires and conf.broker_url == conf.result_backend
-    assert LEARN_TASK in app.tasks
+    assert LEARN_JOB in app.tasks
 
 
 def test_app_without_redis_says_how_to_get_one(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from learner.data import DataError, LabeledBatch, write_class_folders
-from learner.intake import load_new_classes, open_dataset, stage_dataset
-from learner.jobs import LearnRequest
-from learner.jobs_config import JobSettings
+from learner.jobs.intake import load_new_classes, open_dataset, stage_dataset
+from learner.jobs.client import LearnRequest
+from learner.jobs.settings import JobSettings
 
 
 def _folder(digits: LabeledBatch, root: Path, names: list[str], per_class: int = 6) -> Path:
@@ -23,12 +23,15 @@ def _folder(digits: LabeledBatch, root: Path, names: list[str], per_class: int =
 
 
 def _load(path: Path, known: Sequence[str] = (), min_per_class: int = 5) -> LabeledBatch:
-    return load_new_classes(path, known, min_per_class=min_per_class, max_bytes=1 << 30)
+    return load_new_classes(
+        path, known, image_size=16, min_per_class=min_per_class, max_bytes=1 << 30
+    )
 
 
 def test_new_classes_load(tmp_path: Path, digits: LabeledBatch) -> None:
     batch = _load(_folder(digits, tmp_path / "d", ["digit0", "digit1"]))
     assert batch.class_names == ("digit0", "digit1") and len(batch) == 12
+    assert batch.images.shape[1:] == (16, 16, 1)  # read at the model's side
 
 
 def test_known_class_is_refused(tmp_path: Path, digits: LabeledBatch) -> None:
@@ -46,7 +49,7 @@ def test_too_few_images_is_refused(tmp_path: Path, digits: LabeledBatch) -> None
 def test_undecodable_image_names_the_file(tmp_path: Path, digits: LabeledBatch) -> None:
     path = _folder(digits, tmp_path / "d", ["digit0", "digit1"])
     (path / "digit0" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
+    with pytest.raises(DataError, match=r"broken\.png: not a recognised image.*replace or remove"):
         _load(path)
 
 
@@ -83,6 +86,7 @@ def test_staged_dataset_round_trip(tmp_path: Path, digits: LabeledBatch) -> None
     with open_dataset(ref, roots=(), store_uri=store, max_bytes=1 << 30) as path:
         batch = _load(path)
     assert batch.class_names == ("digit0", "digit1") and len(batch) == 12
+    assert batch.images.shape[1:] == (16, 16, 1)  # read at the model's side
     with (
         pytest.raises(DataError, match="not staged"),
         open_dataset("datasets/" + "0" * 64, roots=(), store_uri=store, max_bytes=1 << 30),

@@ -11,8 +11,8 @@ import pytest
 from adapters_store import open_store
 from adapters_store.manifest import ONNX
 from learner.data import LabeledBatch
-from learner.jobs import (
-    LEARN_TASK,
+from learner.jobs.client import (
+    LEARN_JOB,
     SERVING_CHANNEL,
     attempts_key,
     cancel,
@@ -21,7 +21,7 @@ from learner.jobs import (
     submit,
     wait,
 )
-from learner.versioning import load_state
+from learner.jobs.versioning import load_state
 from tests.jobs.conftest import JobEnv
 
 pytestmark = pytest.mark.integration
@@ -123,7 +123,7 @@ class _Touch:
 def test_pickle_message_is_refused(job_env: JobEnv, tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "unpickled"
     job_id = "pickle-attack-1"
-    job_env.app.send_task(LEARN_TASK, args=(_Touch(marker),), task_id=job_id, serializer="pickle")
+    job_env.app.send_task(LEARN_JOB, args=(_Touch(marker),), task_id=job_id, serializer="pickle")
     log = job_env.root / "worker.log"
     deadline = time.monotonic() + 30
     while "untrusted content" not in log.read_text() and time.monotonic() < deadline:

@@ -9,8 +9,8 @@ import pytest
 
 from adapters_store import open_store
 from learner.data import LabeledBatch
-from learner.jobs import attempts_key, redis_client, submit, wait
-from learner.redis_embedded import EmbeddedRedis
+from learner.jobs.client import attempts_key, redis_client, submit, wait
+from learner.jobs.redis_embedded import EmbeddedRedis
 from tests.jobs.conftest import JobEnv, Worker, make_job_env, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

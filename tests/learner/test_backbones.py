@@ -27,12 +27,14 @@ def test_offline_lite0_weights_load_into_timm() -> None:
 
 def test_lite0_features_separate_real_classes(digits) -> None:
     """Pretrained features: a nearest-class-mean on digits beats chance by far."""
+    from learner.config import LoRAConfig
     from learner.inputs import prepare, to_uint8_tensor
+    from learner.state import ContinualModel
 
-    bb = create_backbone(BackboneConfig(input_size=64))
-    x = prepare(to_uint8_tensor(digits.images[:400]), bb.spec)
+    model = ContinualModel(create_backbone(BackboneConfig(input_size=64)), LoRAConfig())
+    x = prepare(to_uint8_tensor(digits.subset(range(400)).resized(64).images), 64)
     with torch.no_grad():
-        f = torch.nn.functional.normalize(bb.model(x), dim=1)
+        f = torch.nn.functional.normalize(model.features(x), dim=1)
     y = torch.from_numpy(digits.labels[:400])
     means = torch.stack([f[:200][y[:200] == c].mean(0) for c in range(10)])
     acc = ((f[200:] @ means.T).argmax(1) == y[200:]).float().mean()

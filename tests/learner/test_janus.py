@@ -185,12 +185,14 @@ def test_every_janus_step_keeps_a_orthogonal_to_the_basis(
     rect = GradientRectifier(model.layers, bases, lr=1e-2, damping=1e-3)
     assert all((p.complement is None) == (share == 0) for p in rect.projectors.values())
     batch = _two_tasks(digits)[1]
-    images, labels = to_uint8_tensor(batch.images), torch.from_numpy(batch.labels)
+    side = model.spec.size
+    images = to_uint8_tensor(batch.resized(side).images)
+    labels = torch.from_numpy(batch.labels)
     head = torch.randn(3, model.num_features, requires_grad=True)
     for step in range(6):
         idx = torch.arange(step * 16, step * 16 + 16)
         loss = F.cross_entropy(
-            cosine_logits(model.features(prepare(images[idx], model.spec)), head), labels[idx]
+            cosine_logits(model.features(prepare(images[idx], side)), head), labels[idx]
         )
         rect.zero_grad()
         loss.backward()
@@ -237,7 +239,8 @@ def test_dml_lowers_similarity_to_old_prototypes(first_task: TaskResult, digits)
     def nearest_old_cos(method: str) -> float:
         cfg = _cfg(method, epochs=3, dml_lambda=5.0, dml_margin=0.0)
         model = learn_task(first_task.state, second, cfg).model
-        f = F.normalize(extract_features(model, to_uint8_tensor(second.images)), dim=1)
+        pixels = to_uint8_tensor(second.resized(model.spec.size).images)
+        f = F.normalize(extract_features(model, pixels), dim=1)
         return float((f @ old.T).max(dim=1).values.mean())
 
     assert nearest_old_cos("janus") < nearest_old_cos("janus-no-dml") - 1e-3
@@ -248,7 +251,8 @@ def test_dml_lowers_similarity_to_old_prototypes(first_task: TaskResult, digits)
 
 def test_rebuilt_version_reproduces_the_trained_model(first_task: TaskResult, digits) -> None:
     result = learn_task(first_task.state, _two_tasks(digits)[1], _cfg())
-    x = prepare(to_uint8_tensor(digits.images[:20]), result.model.spec)
+    side = result.model.spec.size
+    x = prepare(to_uint8_tensor(digits.subset(range(20)).resized(side).images), side)
     with torch.no_grad():
         trained = result.model(x)
         tensors = result.state.to_tensors()

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from learner.data import LabeledBatch
-from learner.redis_embedded import EmbeddedRedis
+from learner.jobs.redis_embedded import EmbeddedRedis
 from tests.conftest import TINY_BACKBONES
 from tests.jobs.conftest import JobEnv, Worker, make_job_env, start_worker
 from tests.service.conftest import ADMIN, png

@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import Celery
 
-from learner.celery_app import create_app, resolve_redis
-from learner.intake import STAGED, stage_dataset
-from learner.jobs import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
-from learner.jobs_config import JobSettings
+from learner.jobs.app import create_app, resolve_redis
+from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
+from learner.jobs.intake import STAGED, stage_dataset
+from learner.jobs.settings import JobSettings
 
 
 def _app() -> tuple[Celery, JobSettings]:

@@ -142,12 +142,19 @@ def open_dataset(
 
 
 def load_new_classes(
-    path: Path, known: Sequence[str], *, min_per_class: int, max_bytes: int, shown: str = ""
+    path: Path,
+    known: Sequence[str],
+    *,
+    image_size: int,
+    min_per_class: int,
+    max_bytes: int,
+    shown: str = "",
 ) -> LabeledBatch:
-    """Loads a batch and checks it brings only new classes, each with enough images."""
+    """Loads a batch at the model's side and checks it brings only new classes, each with enough
+    images."""
     where = shown or str(path)
     try:
-        batch = load_batch(path, max_bytes=max_bytes)
+        batch = load_batch(path, image_size=image_size, max_bytes=max_bytes)
     except DataError as err:
         raise DataError(f"dataset {where}: {err}") from None
     for name in batch.class_names:

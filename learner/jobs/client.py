@@ -36,7 +36,9 @@ from adapters_store.paths import VERSION_ID, check_key
 from learner.config import BackboneConfig, LoRAConfig, TrainConfig
 from learner.methods import get_method
 
-LEARN_TASK = "janus.learn"
+LEARN_JOB = "janus.learn"
+"""The Celery task name of learn jobs (a Celery "task"; in this project a "task" is a set of new
+classes, so the code says "job")."""
 SERVING_CHANNEL = "janus:serving"
 JOBS_KEY = "janus:jobs"
 
@@ -177,7 +179,7 @@ def submit(app: Celery, request: LearnRequest, job_id: str | None = None) -> str
         pipe.zadd(JOBS_KEY, {job_id: now})
         pipe.zremrangebyscore(JOBS_KEY, 0, now - _ttl(app))
         pipe.execute()
-    app.send_task(LEARN_TASK, kwargs=body, task_id=job_id)
+    app.send_task(LEARN_JOB, kwargs=body, task_id=job_id)
     return job_id
 
 

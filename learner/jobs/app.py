@@ -10,7 +10,7 @@ One training job at a time per worker: prefork with one child (the hard time lim
 to kill). The parent never imports torch, so nothing CUDA exists before the fork; each child
 imports it once after the fork.
 
-    app = create_app(JobSettings.from_env())     # or `celery -A learner.celery_app worker`
+    app = create_app(JobSettings.from_env())     # or `celery -A learner.jobs.app worker`
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from learner.jobs import LEARN_TASK
-from learner.jobs_config import JobSettings
-from learner.redis_embedded import EmbeddedRedis, ensure_embedded, find_running
+from learner.jobs.client import LEARN_JOB
+from learner.jobs.redis_embedded import EmbeddedRedis, ensure_embedded, find_running
+from learner.jobs.settings import JobSettings
 
 
 def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def create_app(settings: JobSettings | None = None, redis_url: str | None = None
     Without `redis_url`: `settings.redis_url`, else an embedded Redis already running for the
     data dir; `resolve_redis` is the way to start one.
     """
-    from learner.tasks import learn_job
+    from learner.jobs.learn import learn_job
 
     settings = settings or JobSettings.from_env()
     url = redis_url or settings.redis_url
@@ -90,7 +90,7 @@ def create_app(settings: JobSettings | None = None, redis_url: str | None = None
     app = Celery("janus", set_as_current=False)
     app.conf.update(celery_config(settings, url))
     app.conf.janus_settings = settings.model_dump(mode="json")
-    app.task(name=LEARN_TASK, bind=True)(learn_job)
+    app.task(name=LEARN_JOB, bind=True)(learn_job)
     worker_process_init.connect(_preload, weak=False, dispatch_uid="janus-preload")
     return app
 
@@ -106,7 +106,7 @@ def _default_app() -> Celery:
 
 
 def __getattr__(name: str) -> Celery:
-    """`app` for `celery -A learner.celery_app worker`, created from the environment on use."""
+    """`app` for `celery -A learner.jobs.app worker`, created from the environment on use."""
     if name == "app":
         return _default_app()
     raise AttributeError(name)

@@ -1,11 +1,12 @@
 """The `janus.learn` job: a labeled batch in, a published (and maybe serving) version out.
 
 Steps: validate the arguments; load the parent's state from the store; load and check the batch
-(only new classes, enough images each); hold out part of it; train the task through the learner
-(progress is the job's state: phase, epoch, step, loss, samples/s, ETA); evaluate on the held-out
-images; export the merged model to ONNX and check it against torch; publish the version with its
-metrics and job id under the job's idempotency key; activate it by policy; announce the serving
-change on Redis.
+(only new classes, enough images each, every image read at the model's side through the image
+path the service takes, `learner.data.images`); hold out part of it; learn the new classes as
+one continual-learning task (progress is the job's state: phase, epoch, step, loss, samples/s,
+ETA); evaluate on the held-out images; export the merged model to ONNX and check it against torch
+on held-out images; publish the version with its metrics and job id under the job's idempotency
+key; activate it by policy; announce the serving change on Redis.
 
 Redelivery is safe: a job whose idempotency key already names a version returns that version
 (finishing its activation if needed) without training, and a job delivered more than
@@ -23,15 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import Task
+from celery import Task as CeleryTask
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from adapters_store import Manifest, StoreError, VersionStore, open_store
 from learner.data import DataError, LabeledBatch, holdout_split
-from learner.intake import load_new_classes, open_dataset
-from learner.jobs import LearnRequest, announce, attempts_key, cancel_key
-from learner.jobs_config import JobSettings
+from learner.jobs.client import LearnRequest, announce, attempts_key, cancel_key
+from learner.jobs.intake import load_new_classes, open_dataset
+from learner.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
     from learner.state import LearnerState
@@ -51,8 +52,8 @@ class JobCancelled(Exception):
 class _Reporter:
     """Job state updates (throttled, every phase change) and the cooperative cancel check."""
 
-    def __init__(self, task: Task, client: redis.Redis, job_id: str) -> None:
-        self.task, self.client, self.job_id = task, client, job_id
+    def __init__(self, job: CeleryTask, client: redis.Redis, job_id: str) -> None:
+        self.job, self.client, self.job_id = job, client, job_id
         self._last, self._phase = 0.0, ""
 
     def check_cancel(self) -> None:
@@ -62,7 +63,7 @@ class _Reporter:
     def phase(self, name: str, **extra: Any) -> None:
         self.check_cancel()
         self._phase, self._last = name, time.monotonic()
-        self.task.update_state(state="PROGRESS", meta={"phase": name, **extra})
+        self.job.update_state(state="PROGRESS", meta={"phase": name, **extra})
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()
@@ -80,11 +81,11 @@ class _Reporter:
             "samples_per_s": p.samples_per_s,
             "eta_s": p.eta_s if math.isfinite(p.eta_s) else None,
         }
-        self.task.update_state(state="PROGRESS", meta=meta)
+        self.job.update_state(state="PROGRESS", meta=meta)
 
 
-def _settings(task: Task) -> JobSettings:
-    return JobSettings.model_validate(task.app.conf.janus_settings)
+def _settings(job: CeleryTask) -> JobSettings:
+    return JobSettings.model_validate(job.app.conf.janus_settings)
 
 
 def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
@@ -97,8 +98,8 @@ def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
 
 def _parent_state(store: VersionStore, parent: str | None, request: LearnRequest) -> LearnerState:
     from learner.config import BackboneConfig, LoRAConfig
+    from learner.jobs.versioning import load_state
     from learner.state import LearnerState
-    from learner.versioning import load_state
 
     if parent is None:
         return LearnerState(request.backbone or BackboneConfig(), request.lora or LoRAConfig())
@@ -136,7 +137,10 @@ def _activate_by_policy(request: LearnRequest, accuracy_new: float) -> bool:
     return request.activation == "auto"
 
 
-def _load_batch(request: LearnRequest, settings: JobSettings, known: Sequence[str]) -> LabeledBatch:
+def _load_batch(
+    request: LearnRequest, settings: JobSettings, known: Sequence[str], side: int
+) -> LabeledBatch:
+    """The job's batch, every image read at the model's side through the service's image path."""
     with open_dataset(
         request.dataset,
         roots=settings.allowed_roots,
@@ -146,6 +150,7 @@ def _load_batch(request: LearnRequest, settings: JobSettings, known: Sequence[st
         return load_new_classes(
             path,
             known,
+            image_size=side,
             min_per_class=settings.min_per_class,
             max_bytes=settings.max_dataset_bytes,
             shown=request.dataset,
@@ -160,20 +165,24 @@ def _train_and_publish(
     job_id: str,
     key: str,
 ) -> dict[str, Any]:
+    from learner.backbones import input_spec
+    from learner.inputs import prepare, to_uint8_tensor
+    from learner.jobs.versioning import publish_state, state_backbone
     from learner.onnx_export import check_onnx, export_onnx
     from learner.train import evaluate, learn_task
-    from learner.versioning import publish_state
 
     cfg = request.train_config()
     report.phase("load")
     existing = store.find_by_key(key)
     if existing is not None:  # checked first: a retry's parent may be its own published version
-        batch = _load_batch(request, settings, known=())
+        side = input_spec(state_backbone(existing)).size
+        batch = _load_batch(request, settings, known=(), side=side)
         version, activated = _reuse(store, existing, request, f"sha256:{batch.digest()}")
         return _result(store, version, activated, reused=True)
     parent = _parent_id(store, request)
     state = _parent_state(store, parent, request)
-    batch = _load_batch(request, settings, known=state.class_names)
+    side = input_spec(state.backbone).size
+    batch = _load_batch(request, settings, known=state.class_names, side=side)
     digest = f"sha256:{batch.digest()}"
     train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
     result = learn_task(state, train, cfg, report)
@@ -184,7 +193,8 @@ def _train_and_publish(
     metrics["holdout_samples"] = float(len(holdout))
     report.phase("export")
     onnx = export_onnx(result.model, result.state.class_names)
-    metrics["onnx_max_rel_diff"] = check_onnx(result.model, onnx, tol=1e-4)
+    held_out = prepare(to_uint8_tensor(holdout.images[:16]), side)  # real images, not noise
+    metrics["onnx_max_rel_diff"] = check_onnx(result.model, onnx, held_out, tol=1e-4)
     activate = _activate_by_policy(request, metrics["holdout_accuracy_new"])
     report.phase("publish")
     manifest = publish_state(
@@ -224,18 +234,18 @@ def _result(
     }
 
 
-def learn_job(task: Task, **kwargs: Any) -> dict[str, Any]:
-    """The body of `janus.learn` (bound: `task` is the Celery task; kwargs: a LearnRequest)."""
-    job_id = str(task.request.id)
-    settings = _settings(task)
-    with redis.Redis.from_url(str(task.app.conf.broker_url)) as client:
-        return _run(task, client, job_id, settings, kwargs)
+def learn_job(job: CeleryTask, **kwargs: Any) -> dict[str, Any]:
+    """The body of `janus.learn` (bound: `job` is the Celery task; kwargs: a LearnRequest)."""
+    job_id = str(job.request.id)
+    settings = _settings(job)
+    with redis.Redis.from_url(str(job.app.conf.broker_url)) as client:
+        return _run(job, client, job_id, settings, kwargs)
 
 
 def _run(
-    task: Task, client: redis.Redis, job_id: str, settings: JobSettings, kwargs: dict[str, Any]
+    job: CeleryTask, client: redis.Redis, job_id: str, settings: JobSettings, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    report = _Reporter(task, client, job_id)
+    report = _Reporter(job, client, job_id)
     attempt = int(client.incr(attempts_key(job_id)))
     client.expire(attempts_key(job_id), int(settings.result_expires_s))
     try:
@@ -253,7 +263,7 @@ def _run(
         before = store.serving()
         result = _train_and_publish(store, request, settings, report, job_id, key)
     except JobCancelled as exc:
-        task.backend.mark_as_revoked(job_id, str(exc), request=task.request)
+        job.backend.mark_as_revoked(job_id, str(exc), request=job.request)
         raise Ignore() from None
     except SoftTimeLimitExceeded:
         raise JobFailed(

@@ -115,17 +115,26 @@ def _torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
 
 
+def _state_meta(manifest: Manifest) -> dict[str, object]:
+    raw = manifest.hyperparameters.get("state")
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"version {manifest.id} has no learner state in its manifest "
+            "(hyperparameters.state); it was not published by the learner"
+        )
+    return dict(raw)
+
+
+def state_backbone(manifest: Manifest) -> BackboneConfig:
+    """The backbone a version was learned with."""
+    return BackboneConfig.model_validate(_state_meta(manifest)["backbone"])
+
+
 def load_state(store: VersionStore, version_id: str) -> LearnerState:
     """The learner state of a version: its lineage's factors (root first) and its own tensors."""
     lineage = store.lineage(version_id)[::-1]  # root first
     manifest = lineage[-1]
-    raw = manifest.hyperparameters.get("state")
-    if not isinstance(raw, dict):
-        raise ValueError(
-            f"version {version_id} has no learner state in its manifest "
-            "(hyperparameters.state); it was not published by the learner"
-        )
-    meta: dict[str, object] = dict(raw)
+    meta = _state_meta(manifest)
     adapters = [_torch(store.read_tensors(m.id, ADAPTER)) for m in lineage]
     tensors = {stem: _torch(store.read_tensors(version_id, name)) for stem, name in FILES.items()}
     state = LearnerState.from_tensors(meta, adapters, tensors)
