@@ -91,7 +91,7 @@ def test_poison_job_fails_once_with_its_reason(job_env: JobEnv, digits: LabeledB
     request = job_env.request(data, parent="root", idempotency_key="poison-1")
     job = job_env.run(request)
     assert job.state == "failed"
-    assert job.error and "broken.png" in job.error and "cannot decode image" in job.error
+    assert job.error and "broken.png" in job.error and "not a recognised image" in job.error
     time.sleep(3 * job_env.settings.restore_interval_s + 1)  # a redelivery would show by now
     client = redis_client(job_env.app)
     assert int(client.get(attempts_key(job.job_id)) or 0) == 1
