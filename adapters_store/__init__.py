@@ -8,7 +8,6 @@ Imports no torch and no model code; tensors travel as numpy arrays through safet
 """
 
 from adapters_store.audit import AuditEntry
-from adapters_store.config import StoreSettings, default_store_uri
 from adapters_store.errors import (
     IntegrityError,
     InvalidManifest,
@@ -20,8 +19,9 @@ from adapters_store.errors import (
     StoreNotFound,
 )
 from adapters_store.manifest import Backbone, FileEntry, Manifest, ManifestDraft
+from adapters_store.settings import StoreSettings, default_store_uri
 from adapters_store.store import VersionStore, open_store
-from adapters_store.verify import Problem, VerifyReport
+from adapters_store.verify import Problem, VerifyReport, verify_store
 
 __all__ = [
     "AuditEntry",
@@ -43,4 +43,5 @@ __all__ = [
     "VersionStore",
     "default_store_uri",
     "open_store",
+    "verify_store",
 ]

@@ -28,8 +28,8 @@ from typing import Any
 from adapters_store import paths
 from adapters_store._crash import crash_point
 from adapters_store._owner import Owner, parse, pid_alive
-from adapters_store.config import StoreSettings
 from adapters_store.errors import InvalidName, StoreBusy
+from adapters_store.settings import StoreSettings
 
 VERSIONS = "versions"
 STAGING = "staging"

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapters_store.audit import AuditEntry
-from adapters_store.config import default_store_uri
 from adapters_store.errors import StoreError
 from adapters_store.manifest import Manifest
+from adapters_store.settings import default_store_uri
 from adapters_store.store import VersionStore, open_store
+from adapters_store.verify import verify_store
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -224,7 +225,7 @@ def _history(args: argparse.Namespace, store: VersionStore) -> int:
 
 
 def _verify(args: argparse.Namespace, store: VersionStore) -> int:
-    report = store.verify()
+    report = verify_store(store)
     if _json(args):
         _print_json(
             {

@@ -12,15 +12,16 @@ Layout under the root (local folder, `file://`, `s3://bucket/prefix`, `memory://
     staging/<id>-<token>/        local disk only: versions being written
     locks/                       short metadata locks (`publish`, `serving`)
 
-Publishing takes the `publish` lock only to look up the idempotency key and reserve the next id
-(`v0001`, `v0002`, …, created exclusively, so two publishers never get the same id); the files
-are written and verified outside the lock and committed in one step (rename on disk, manifest
-last on object stores). A publish killed at any point leaves no visible version; its leftovers
-are removed the next time any process opens the store (owner dead on this host), or once older
-than `StoreSettings.stale_after_s` (owner on another host).
+Publishing reserves the next id (`v0001`, `v0002`, …) and claims the idempotency key under the
+`publish` lock (`_reservation`); the files are written and verified outside the lock and committed
+in one step (rename on disk, manifest last on object stores). A publish killed at any point leaves
+no visible version; its leftovers are removed the next time any process opens the store (owner
+dead on this host), or once older than `StoreSettings.stale_after_s` (owner on another host).
 
-Serving changes take the `serving` lock, append the audit entry, then replace the pointer: the
-log is written ahead, so every pointer value the store ever held is in it.
+Serving changes (`_pointer`) take the `serving` lock, append the audit entry, then replace the
+pointer: the log is written ahead, so every pointer value the store ever held is in it.
+
+This module is the façade: reading, publishing, and the serving changes, with their checks.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ import hashlib
 import json
 import os
 import socket
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -42,17 +42,17 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import TypeAdapter, ValidationError
 
 from adapters_store import paths
-from adapters_store._backend import STAGING, VERSIONS, Backend, LocalBackend, ObjectBackend
+from adapters_store._backend import VERSIONS, Backend, LocalBackend, ObjectBackend
 from adapters_store._crash import crash_point
-from adapters_store._owner import KeyClaim, Owner, Reservation, parse
-from adapters_store.audit import LOG, SERVING, AuditEntry, Reason, complete_prefix, decode_log
-from adapters_store.config import StoreSettings, default_store_uri
+from adapters_store._owner import Owner
+from adapters_store._pointer import ServingPointer
+from adapters_store._reservation import Reservations
+from adapters_store.audit import AuditEntry, Reason
 from adapters_store.errors import (
     IntegrityError,
     InvalidManifest,
     InvalidName,
     NotFound,
-    NothingToRollBack,
     StoreBusy,
     StoreError,
     StoreNotFound,
@@ -65,13 +65,11 @@ from adapters_store.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from adapters_store.settings import StoreSettings, default_store_uri
 from adapters_store.tensors import FileContent, decode_tensors, encode_file
-from adapters_store.verify import VerifyReport, verify_store
 
 MARKER = "store.json"
 
-IDS = "ids"
-KEYS = "keys"
 _LAYOUT = {"layout": "janus-version-store", "schema_version": 1}
 _ACTOR: TypeAdapter[str] = TypeAdapter(Text)
 _REASON: TypeAdapter[str] = TypeAdapter(Reason)
@@ -95,7 +93,9 @@ class VersionStore:
 
     def __init__(self, backend: Backend, settings: StoreSettings | None = None) -> None:
         self._backend = backend
-        self.settings = settings or StoreSettings()
+        self.settings = settings or StoreSettings.from_env()
+        self._ids = Reservations(backend, self.settings)
+        self._pointer = ServingPointer(backend, self.settings)
         self._manifests: dict[str, Manifest] = {}  # versions are immutable: safe to cache
 
     @property
@@ -147,7 +147,7 @@ class VersionStore:
 
     def find_by_key(self, key: str) -> Manifest | None:
         """The version published under an idempotency key, if it is complete."""
-        claim = self._read_claim(paths.check_key(key))
+        claim = self._ids.claim(paths.check_key(key))
         if claim is None or not self._is_committed(claim.id):
             return None
         manifest = self.get(claim.id)
@@ -185,6 +185,10 @@ class VersionStore:
         for name in manifest.files:
             self.read_bytes(version_id, name)
         return manifest
+
+    def stored_files(self, version_id: str) -> list[str]:
+        """Names of the files stored in a version's folder (for `verify`: strays show here)."""
+        return self._backend.listdir(paths.rel(VERSIONS, paths.check_version_id(version_id)))
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -229,7 +233,8 @@ class VersionStore:
         owner = Owner.me()
         existing = self.find_by_key(key) if key else None
         if existing is None:
-            version_id, existing = self._reserve(owner, key)
+            version_id, taken = self._ids.reserve(owner, key)
+            existing = self.get(version_id) if taken else None
         if existing is not None:  # a retry: finish what the first attempt may not have done
             if who is not None:
                 self._activate_unless_served(existing.id, *who)
@@ -248,7 +253,7 @@ class VersionStore:
             self._backend.commit(staging, version_id, encode_manifest(manifest))
         except BaseException:
             with contextlib.suppress(Exception), self._backend.lock("publish", self.settings):
-                self._abandon(version_id, key)
+                self._ids.abandon(version_id, key)
             raise
         self._manifests[version_id] = manifest
         if who is not None:  # a retry under the same key may have activated it already
@@ -272,73 +277,19 @@ class VersionStore:
                 f"({parent.backbone.weights_sha256[:12]}…); an adapter only fits its backbone"
             )
 
-    def _read_claim(self, key: str) -> KeyClaim | None:
-        try:
-            return parse(KeyClaim, self._backend.read(paths.rel(KEYS, key)))
-        except FileNotFoundError:
-            return None
-
-    def _reserve(self, owner: Owner, key: str | None) -> tuple[str, Manifest | None]:
-        """Reserves the next id (and claims `key`), or returns the version `key` already names."""
-        deadline = time.monotonic() + self.settings.wait_s
-        while True:
-            with self._backend.lock("publish", self.settings):
-                claim = self._read_claim(key) if key else None
-                if claim is not None and self._is_committed(claim.id):
-                    return "", self.get(claim.id)
-                if claim is None or not claim.owner.alive(self.settings.stale_after_s):
-                    version_id = self._next_id(owner)
-                    if key:
-                        record = KeyClaim(id=version_id, owner=owner)
-                        self._backend.write(paths.rel(KEYS, key), record.model_dump_json().encode())
-                    return version_id, None
-            if time.monotonic() > deadline:
-                raise StoreBusy(
-                    f"idempotency key {key!r} is being published as {claim.id} by pid "
-                    f"{claim.owner.pid} on {claim.owner.host}; retry when it has finished"
-                )
-            time.sleep(0.1)
-
-    def _next_id(self, owner: Owner) -> str:
-        taken = [paths.version_number(n) for n in self._backend.listdir(IDS) if _is_id(n)]
-        taken += [paths.version_number(n) for n in self._backend.committed()]
-        number = max(taken, default=0) + 1
-        record = Reservation(owner=owner).model_dump_json().encode()
-        while not self._backend.create(paths.rel(IDS, paths.format_version_id(number)), record):
-            number += 1
-        return paths.format_version_id(number)
-
-    def _abandon(self, version_id: str, key: str | None) -> list[str]:
-        """Removes an unfinished publish: its files, its key claim; marks its id abandoned."""
-        removed = self._backend.abandon(version_id)
-        if key:
-            claim = self._read_claim(key)
-            if claim is not None and claim.id == version_id:
-                self._backend.delete(paths.rel(KEYS, key))
-                removed.append(paths.rel(KEYS, key))
-        record = Reservation(owner=Owner.me(), abandoned=True).model_dump_json().encode()
-        self._backend.write(paths.rel(IDS, version_id), record)
-        return removed
-
     # -- serving -------------------------------------------------------------------------
 
     def serving(self) -> str | None:
         """The id of the serving version, or None before the first activation."""
-        try:
-            raw = self._backend.read(SERVING)
-        except FileNotFoundError:
-            return None
-        text = raw.decode("ascii", errors="replace").strip()
-        if paths.VERSION_ID.fullmatch(text) is None:
-            raise IntegrityError(None, SERVING, f"does not hold a version id ({text[:40]!r})")
-        return text
+        return self._pointer.current()
 
     def activate(
         self, version_id: str, *, actor: str | None = None, reason: str = ""
     ) -> AuditEntry:
         """Makes a (verified) version the serving one; moves the pointer, copies nothing."""
         actor, reason = self._check_actor(actor, reason)
-        return self._set_serving(paths.check_version_id(version_id), "activate", actor, reason)
+        self.verify_version(paths.check_version_id(version_id))
+        return self._pointer.move(version_id, "activate", actor, reason)
 
     def rollback(
         self, to: str | None = None, *, actor: str | None = None, reason: str = ""
@@ -349,19 +300,9 @@ class VersionStore:
         current version serve, so two rollbacks in a row swap back (like `kubectl rollout undo`).
         """
         actor, reason = self._check_actor(actor, reason)
-        if to is None:
-            to = self._previous()
-        return self._set_serving(paths.check_version_id(to), "rollback", actor, reason)
-
-    def _previous(self) -> str:
-        current = self.serving()
-        for entry in reversed(self.history()):
-            if entry.to == current and entry.from_ is not None and entry.from_ != current:
-                return entry.from_
-        raise NothingToRollBack(
-            f"no version served before {current or '(none)'} according to the audit log of "
-            f"{self.uri}; name one with `janus rollback --to ID` (see `janus versions`)"
-        )
+        target = self._pointer.previous() if to is None else paths.check_version_id(to)
+        self.verify_version(target)
+        return self._pointer.move(target, "rollback", actor, reason)
 
     def activate_unless_served(
         self, version_id: str, *, actor: str | None = None, reason: str = ""
@@ -375,12 +316,15 @@ class VersionStore:
         actor, reason = self._check_actor(actor, reason)
         return self._activate_unless_served(paths.check_version_id(version_id), actor, reason)
 
+    def _activate_unless_served(
+        self, version_id: str, actor: str, reason: str
+    ) -> AuditEntry | None:
+        self.verify_version(version_id)
+        return self._pointer.move_unless_served(version_id, actor, reason)
+
     def history(self) -> list[AuditEntry]:
         """Every change of the serving version, oldest first."""
-        try:
-            return decode_log(self._backend.read(LOG))
-        except FileNotFoundError:
-            return []
+        return self._pointer.history()
 
     @staticmethod
     def _check_actor(actor: str | None, reason: str) -> tuple[str, str]:
@@ -389,68 +333,7 @@ class VersionStore:
         except ValidationError as err:
             raise InvalidManifest(f"actor or reason rejected: {err}") from None
 
-    def _set_serving(
-        self, version_id: str, action: Literal["activate", "rollback"], actor: str, reason: str
-    ) -> AuditEntry:
-        self.verify_version(version_id)
-        with self._backend.lock("serving", self.settings):
-            current, log = self._serving_record()
-            return self._move_pointer(version_id, action, actor, reason, current, log)
-
-    def _activate_unless_served(
-        self, version_id: str, actor: str, reason: str
-    ) -> AuditEntry | None:
-        """`_set_serving(activate)`, or None if the pointer ever named `version_id`, decided
-        under the same lock so that two retries at once activate once."""
-        self.verify_version(version_id)
-        with self._backend.lock("serving", self.settings):
-            current, log = self._serving_record()
-            if _was_served(decode_log(log), current, version_id):
-                return None
-            return self._move_pointer(version_id, "activate", actor, reason, current, log)
-
-    def _serving_record(self) -> tuple[str | None, bytes]:
-        """The pointer (None if unset or damaged) and the raw audit log; under the serving lock."""
-        try:
-            current = self.serving()
-        except IntegrityError:  # a damaged pointer: activating is how it gets repaired
-            current = None
-        try:
-            log = self._backend.read(LOG)
-        except FileNotFoundError:
-            log = b""
-        return current, log
-
-    def _move_pointer(
-        self,
-        version_id: str,
-        action: Literal["activate", "rollback"],
-        actor: str,
-        reason: str,
-        current: str | None,
-        log: bytes,
-    ) -> AuditEntry:
-        """Appends the audit entry, then moves the pointer (write-ahead); under the serving lock."""
-        entry = AuditEntry(
-            time=datetime.now(UTC),
-            action=action,
-            actor=actor,
-            reason=reason,
-            from_=current,
-            to=version_id,
-        )
-        if not log.endswith(b"\n") and log:  # a crash tore the last append: drop it
-            self._backend.write(LOG, complete_prefix(log))
-        self._backend.append(LOG, entry.to_line())
-        crash_point("before_pointer")
-        self._backend.write(SERVING, f"{version_id}\n".encode())
-        return entry
-
     # -- maintenance ---------------------------------------------------------------------
-
-    def verify(self) -> VerifyReport:
-        """Checks every version's manifest and files, the serving pointer and the audit log."""
-        return verify_store(self, self._backend)
 
     def clean_staging(self, stale_after_s: float | None = None) -> list[str]:
         """Removes what abandoned publishes left behind; returns the removed paths.
@@ -460,55 +343,7 @@ class VersionStore:
         Cheap when there is nothing to clean: the lock is taken only if something is found.
         """
         max_age = self.settings.stale_after_s if stale_after_s is None else stale_after_s
-        removed = self._backend.sweep()
-        if not self._leftovers(max_age):
-            return removed
-        with self._backend.lock("publish", self.settings):  # no id is reserved meanwhile
-            dead, live = self._reservations(max_age)
-            if dead:
-                claims = {}
-                for key in self._backend.listdir(KEYS):
-                    claim = self._read_claim(key)
-                    if claim is not None and claim.id in dead:
-                        claims[claim.id] = key
-                for version_id in dead:
-                    removed += self._abandon(version_id, claims.get(version_id))
-            for name in self._staged(live):
-                self._backend.delete(paths.rel(STAGING, name))
-                removed.append(paths.rel(STAGING, name))
-        return removed
-
-    def _reservations(self, max_age: float) -> tuple[list[str], set[str]]:
-        """Uncommitted reserved ids: those of dead publishers, and those still being published."""
-        committed = set(self._backend.committed())
-        dead, live = [], set()
-        for name in self._backend.listdir(IDS):
-            if not _is_id(name) or name in committed:
-                continue
-            try:
-                reservation = parse(Reservation, self._backend.read(paths.rel(IDS, name)))
-            except FileNotFoundError:
-                continue
-            if reservation is None or not reservation.owner.alive(max_age):
-                if reservation is None or not reservation.abandoned:
-                    dead.append(name)
-            elif not reservation.abandoned:
-                live.add(name)
-        return dead, live
-
-    def _staged(self, live: set[str]) -> list[str]:
-        """Local staging folders that belong to no publish in progress."""
-        if not self._backend.local:
-            return []
-        return [n for n in self._backend.listdir(STAGING) if n.split("-", 1)[0] not in live]
-
-    def _leftovers(self, max_age: float) -> bool:
-        dead, live = self._reservations(max_age)
-        return bool(dead or self._staged(live))
-
-
-def _is_id(name: str) -> bool:
-    return paths.VERSION_ID.fullmatch(name) is not None
+        return self._ids.clean(max_age)
 
 
 def open_store(
@@ -574,13 +409,3 @@ def _local(root: str, uri: str, create: bool) -> LocalBackend:
             )
         os.makedirs(root, exist_ok=True)
     return LocalBackend(root, uri)
-
-
-def _was_served(entries: list[AuditEntry], pointer: str | None, version_id: str) -> bool:
-    """Whether the pointer ever named `version_id` (an interrupted activation does not count).
-
-    The log is written ahead of the pointer, so an entry took effect if the next entry starts from
-    its target, or, for the last entry, if the pointer holds its target.
-    """
-    ends = [e.from_ for e in entries[1:]] + [pointer]
-    return any(e.to == version_id == end for e, end in zip(entries, ends, strict=False))

@@ -1,17 +1,16 @@
-"""`janus verify`: every version's manifest and files, the serving pointer and the audit log."""
+"""`janus verify`: every version's manifest and files, the serving pointer and the audit log.
+
+Built on the store's public reads only (this module depends on `store`, never the reverse).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from adapters_store import paths
-from adapters_store._backend import VERSIONS, Backend
 from adapters_store.audit import LOG, SERVING
 from adapters_store.errors import IntegrityError
-
-if TYPE_CHECKING:
-    from adapters_store.store import VersionStore
+from adapters_store.store import VersionStore
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(store: VersionStore, backend: Backend) -> VerifyReport:
+def verify_store(store: VersionStore) -> VerifyReport:
     """Reads every file of every version and checks it against its manifest."""
     report = VerifyReport()
     ids = store.version_ids()
     for version_id in ids:
         report.checked.append(version_id)
-        report.problems += _verify_version(store, backend, version_id, set(ids))
+        report.problems += _verify_version(store, version_id, set(ids))
     try:
         current = store.serving()
     except IntegrityError as err:
@@ -71,9 +70,7 @@ def verify_store(store: VersionStore, backend: Backend) -> VerifyReport:
     return report
 
 
-def _verify_version(
-    store: VersionStore, backend: Backend, version_id: str, ids: set[str]
-) -> list[Problem]:
+def _verify_version(store: VersionStore, version_id: str, ids: set[str]) -> list[Problem]:
     try:
         manifest = store.get(version_id)
     except IntegrityError as err:
@@ -84,7 +81,7 @@ def _verify_version(
             store.read_bytes(version_id, name)
         except IntegrityError as err:
             problems.append(Problem(version_id, name, err.detail))
-    present = set(backend.listdir(paths.rel(VERSIONS, version_id)))
+    present = set(store.stored_files(version_id))
     for name in sorted(present - set(manifest.files) - {paths.MANIFEST}):
         problems.append(Problem(version_id, name, "file not in the manifest"))
     if manifest.parent is not None and manifest.parent not in ids:

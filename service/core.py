@@ -9,8 +9,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from adapters_store import VersionStore, open_store
-from learner.jobs.settings import JobSettings
 from learner.jobs.redis_embedded import find_running
+from learner.jobs.settings import JobSettings
 from service.batching import Batcher
 from service.config import ServiceSettings
 from service.metrics import ServiceMetrics, service_metrics

@@ -77,8 +77,8 @@ def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
 def _torch(store: VersionStore, version: str, threads: int) -> LoadedModel:
     import torch
 
-    from learner.state import build_model
     from learner.jobs.versioning import backbone_digest, load_state
+    from learner.state import build_model
 
     torch.set_num_threads(threads)
     state = load_state(store, version)

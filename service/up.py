@@ -76,11 +76,11 @@ def _wait_ready(url: str, children: list[Child], timeout: float) -> None:
 
 
 def _learn_first(settings: JobSettings, redis_url: str) -> None:
-    from learner.jobs.app import create_app
     from learner.config import BackboneConfig
-    from learner.jobs.intake import stage_dataset
-    from learner.jobs.client import LearnRequest, submit, wait
+    from learner.jobs.app import create_app
     from learner.jobs.cli import _Bar
+    from learner.jobs.client import LearnRequest, submit, wait
+    from learner.jobs.intake import stage_dataset
 
     app = create_app(settings, redis_url)
     request = LearnRequest(

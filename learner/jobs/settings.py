@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapters_store.config import default_store_uri
+from adapters_store.settings import default_store_uri
 
 _ENV = {
     "redis_url": "JANUS_REDIS_URL",

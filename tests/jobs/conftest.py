@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from learner.jobs.app import create_app
 from learner.config import LoRAConfig
 from learner.data import LabeledBatch, write_class_folders
+from learner.jobs.app import create_app
 from learner.jobs.client import JobStatus, LearnRequest, submit, wait
-from learner.jobs.settings import JobSettings
 from learner.jobs.redis_embedded import EmbeddedRedis, start_embedded
+from learner.jobs.settings import JobSettings
 from service.process_group import spawn_group, stop_group
 from tests.conftest import TINY_BACKBONES
 

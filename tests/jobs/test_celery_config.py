@@ -8,8 +8,8 @@ import pytest
 
 from learner.jobs.app import create_app
 from learner.jobs.client import LEARN_JOB, LearnRequest
-from learner.jobs.settings import JobSettings
 from learner.jobs.learn import _activate_by_policy
+from learner.jobs.settings import JobSettings
 
 
 def test_app_is_configured_for_long_json_only_jobs(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from adapters_store import open_store
-from learner.jobs.app import create_app
 from learner.data import LabeledBatch
-from learner.jobs.settings import JobSettings
+from learner.jobs.app import create_app
 from learner.jobs.redis_embedded import ensure_embedded, find_running, start_embedded
+from learner.jobs.settings import JobSettings
 from tests.jobs.conftest import REPO, JobEnv, start_worker
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from learner.data import DataError, LabeledBatch, write_class_folders
-from learner.jobs.intake import load_new_classes, open_dataset, stage_dataset
 from learner.jobs.client import LearnRequest
+from learner.jobs.intake import load_new_classes, open_dataset, stage_dataset
 from learner.jobs.settings import JobSettings
 
 

@@ -13,11 +13,11 @@ from adapters_store import open_store
 from adapters_store.manifest import ADAPTER, ONNX
 from learner.config import LoRAConfig, TrainConfig
 from learner.data import LabeledBatch
+from learner.jobs.versioning import load_state, publish_state
 from learner.methods import get_method
 from learner.onnx_export import check_onnx, example_input, export_onnx, run_onnx
 from learner.state import LearnerState, build_model
 from learner.train import TaskResult, learn_task
-from learner.jobs.versioning import load_state, publish_state
 from tests.conftest import TINY_BACKBONES
 
 

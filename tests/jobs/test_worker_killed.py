@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters_store import open_store
+from adapters_store import open_store, verify_store
 from learner.data import LabeledBatch
 from learner.jobs.client import attempts_key, redis_client, submit, wait
 from learner.jobs.redis_embedded import EmbeddedRedis
@@ -56,5 +56,5 @@ def test_killed_worker_job_is_redelivered_and_published_once(
 
     store = open_store(kill_env.settings.store_uri)
     assert [m.id for m in store.versions() if m.idempotency_key == "kill-1"] == [done.version]
-    assert len(store.versions()) == 1 and store.verify().ok
+    assert len(store.versions()) == 1 and verify_store(store).ok
     assert int(redis_client(kill_env.app).get(attempts_key(job_id)) or 0) == 2

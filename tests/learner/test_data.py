@@ -411,7 +411,7 @@ def test_class_folder_without_images(folder: Path) -> None:
 def test_unreadable_image(folder: Path) -> None:
     bad = folder / "one" / "broken.png"
     bad.write_bytes(b"this is not a png at all")
-    with pytest.raises(DataError, match="not a recognised image.*replace or remove") as err:
+    with pytest.raises(DataError, match=r"not a recognised image.*replace or remove") as err:
         load_batch(folder)
     assert str(bad) in str(err.value)
 
@@ -419,7 +419,7 @@ def test_unreadable_image(folder: Path) -> None:
 def test_truncated_image(folder: Path) -> None:
     bad = folder / "two" / "cut.png"
     bad.write_bytes(_png_bytes(size=64)[:60])
-    with pytest.raises(DataError, match="corrupt PNG data.*replace or remove") as err:
+    with pytest.raises(DataError, match=r"corrupt PNG data.*replace or remove") as err:
         load_batch(folder)
     assert str(bad) in str(err.value)
 
@@ -436,7 +436,7 @@ def test_decompression_bomb(folder: Path, size: tuple[int, int]) -> None:
     # 10^10 pixels trips PIL's own bomb check; 6.4·10^7 trips our lower default limit.
     bomb = folder / "zero" / "bomb.png"
     bomb.write_bytes(_png_header_only(*size))
-    with pytest.raises(DataError, match="decompression bomb|above the limit of 40000000") as err:
+    with pytest.raises(DataError, match=r"decompression bomb|above the limit of 40000000") as err:
         load_batch(folder)
     assert str(bomb) in str(err.value)
 

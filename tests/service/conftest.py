@@ -20,11 +20,11 @@ from adapters_store import VersionStore, open_store
 from learner.config import LoRAConfig, TrainConfig
 from learner.data import LabeledBatch
 from learner.jobs.settings import JobSettings
+from learner.jobs.versioning import publish_state
 from learner.methods import get_method
 from learner.onnx_export import export_onnx
 from learner.state import LearnerState
 from learner.train import learn_task
-from learner.jobs.versioning import publish_state
 from service.api import create_api
 from service.config import ServiceSettings
 from service.core import Serving

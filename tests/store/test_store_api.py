@@ -16,6 +16,7 @@ from adapters_store import (
     NothingToRollBack,
     StoreNotFound,
     open_store,
+    verify_store,
 )
 from adapters_store.manifest import ADAPTER, HEAD, ONNX
 
@@ -132,7 +133,7 @@ def test_one_flipped_byte_is_a_typed_error_naming_the_file(
     assert caught.value.version == bad.id
     assert name in str(caught.value) and "janus verify" in str(caught.value)
 
-    report = fresh.verify()
+    report = verify_store(fresh)
     assert not report.ok
     assert [(p.version, p.file) for p in report.problems] == [(bad.id, name)]
     with pytest.raises(IntegrityError):  # a damaged version is never served
@@ -196,7 +197,7 @@ def test_publish_can_activate_and_verify_is_clean(store_uri: str) -> None:
     manifest = publish(store, activate=True)
     assert store.serving() == manifest.id
     assert store.history()[-1].actor == "tester"
-    report = store.verify()
+    report = verify_store(store)
     assert report.ok and report.checked == [manifest.id] and not report.warnings
 
 
@@ -205,7 +206,7 @@ def test_stray_file_in_a_version_is_reported(store_uri: str) -> None:
     manifest = publish(store)
     fs, root = raw_fs(store_uri)
     fs.pipe_file(f"{root}/versions/{manifest.id}/extra.bin", b"?")
-    report = store.verify()
+    report = verify_store(store)
     assert [(p.version, p.file) for p in report.problems] == [(manifest.id, "extra.bin")]
 
 
@@ -265,9 +266,9 @@ def test_a_damaged_pointer_is_reported_and_repaired_by_activating(store_uri: str
     fs.pipe_file(f"{root}/refs/serving", b"../../etc\n")
     with pytest.raises(IntegrityError, match="refs/serving"):
         store.serving()
-    assert [p.file for p in store.verify().problems] == ["refs/serving"]
+    assert [p.file for p in verify_store(store).problems] == ["refs/serving"]
     store.activate(manifest.id, actor="ops", reason="repair pointer")
-    assert store.serving() == manifest.id and store.verify().ok
+    assert store.serving() == manifest.id and verify_store(store).ok
 
 
 def test_threads_publishing_at_once_get_distinct_ids(tmp_path: Path) -> None:
@@ -283,7 +284,7 @@ def test_threads_publishing_at_once_get_distinct_ids(tmp_path: Path) -> None:
     assert len(set(ids)) == 3  # three keys, three versions
     assert ids[:3] == ids[3:]
     store = open_store(uri)
-    assert len(store.version_ids()) == 3 and store.verify().ok
+    assert len(store.version_ids()) == 3 and verify_store(store).ok
 
 
 def test_a_file_uri_opens_the_same_local_store(tmp_path: Path) -> None:

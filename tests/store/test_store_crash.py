@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from store_helpers import publish, raw_fs
 
-from adapters_store import open_store
+from adapters_store import open_store, verify_store
 from adapters_store._crash import CRASH_POINTS, ENV
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_sigkill_at_each_point_leaves_only_complete_verified_versions(
 
     store = open_store(uri)  # opening cleans what the dead publisher left
     assert _leftovers(uri) == []
-    report = store.verify()
+    report = verify_store(store)
     assert report.ok, report.problems
     assert report.checked == store.version_ids()
     assert store.version_ids()[0] == base.id and len(store.version_ids()) <= 2
@@ -92,7 +92,7 @@ def test_sigkill_at_each_point_leaves_only_complete_verified_versions(
     retried = publish(store, seed=5, idempotency_key="job-crash", activate=True)  # job retries
     assert store.find_by_key("job-crash") == retried
     assert store.version_ids()[-1] == retried.id and store.serving() == retried.id
-    assert store.verify().ok
+    assert verify_store(store).ok
 
 
 def test_two_processes_publishing_at_once_get_distinct_complete_versions(
@@ -106,7 +106,7 @@ def test_two_processes_publishing_at_once_get_distinct_complete_versions(
     assert ids == ["v0001", "v0002"]
     store = open_store(shared_store_uri)
     assert store.version_ids() == ids
-    assert store.verify().ok
+    assert verify_store(store).ok
 
 
 def test_one_key_published_by_two_processes_at_once_gives_one_version(
@@ -119,7 +119,7 @@ def test_one_key_published_by_two_processes_at_once_gives_one_version(
     assert [code for code, _ in results] == [0, 0]
     assert {json.loads(out)["id"] for _, out in results} == {"v0001"}
     store = open_store(shared_store_uri)
-    assert store.version_ids() == ["v0001"] and store.verify().ok
+    assert store.version_ids() == ["v0001"] and verify_store(store).ok
     assert store.serving() == "v0001" and len(store.history()) == 1
 
 
