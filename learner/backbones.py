@@ -9,7 +9,6 @@ Sources: `hub` (timm's own download, for users with network), `file` (a local sa
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from adapters_store.settings import DataSettings
 from learner.config import BackboneConfig
 
 LITE0_MEAN = (127 / 255,) * 3
@@ -46,9 +46,8 @@ class Backbone:
 
 
 def cache_dir() -> Path:
-    """Where converted weights go: `$JANUS_DATA_DIR/weights` (default ~/.local/share/janus)."""
-    root = os.environ.get("JANUS_DATA_DIR") or Path.home() / ".local/share/janus"
-    path = Path(root) / "weights"
+    """Where converted weights go: `$JANUS_DATA_DIR/weights`."""
+    path = DataSettings.from_env().data_dir / "weights"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

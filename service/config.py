@@ -1,76 +1,70 @@
-"""Validated settings of the serving side (DESIGN.md §5), read from `JANUS_*` environment variables.
+"""Settings of the serving side (DESIGN.md §5): tokens, request limits, hot swap, batching.
 
-JANUS_ADMIN_TOKEN        bearer token of the admin routes (unset: the admin API answers 403)
-JANUS_CLASSIFY_TOKEN     bearer token of /classify (unset: classify is open)
-JANUS_MAX_BODY_BYTES     largest classify request body (413 above, before decoding)
-JANUS_MAX_UPLOAD_BYTES   largest dataset upload to /admin/learn
-JANUS_MAX_PIXELS         largest image (width × height) a request may carry
-JANUS_MAX_IMAGES         most images in one classify request
-JANUS_IMAGE_FORMATS      accepted image formats (comma-separated PIL names)
-JANUS_MAX_TOP_K          largest top_k
-JANUS_POLL_S             how often each worker compares its version with the serving pointer
-JANUS_RETRY_FAILED_S     how long a worker waits before retrying a version that failed to load
-JANUS_MAX_BATCH          largest adaptive batch (images)
-JANUS_BATCH_WAIT_MS      how long a batch may wait for more requests once the model is idle
-JANUS_ENGINE             auto (ONNX Runtime, torch when a version has no ONNX), onnx, torch
-JANUS_THREADS            intra-op threads per worker (default: CPU cores / workers)
-JANUS_WORKERS            service worker processes
-JANUS_PORT               port of `janus up` / `bentoml serve`
-
-Where the store, Redis and datasets are comes from `learner.jobs.settings.JobSettings`.
+Read from `JANUS_*` variables (pydantic-settings, `adapters_store.settings.JanusSettings`). Where
+the store, Redis and datasets are comes from `learner.jobs.settings.JobSettings`. `janus settings`
+lists every variable.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
-_ENV = {
-    "admin_token": "JANUS_ADMIN_TOKEN",
-    "classify_token": "JANUS_CLASSIFY_TOKEN",
-    "max_body_bytes": "JANUS_MAX_BODY_BYTES",
-    "max_upload_bytes": "JANUS_MAX_UPLOAD_BYTES",
-    "max_pixels": "JANUS_MAX_PIXELS",
-    "max_images": "JANUS_MAX_IMAGES",
-    "image_formats": "JANUS_IMAGE_FORMATS",
-    "max_top_k": "JANUS_MAX_TOP_K",
-    "poll_s": "JANUS_POLL_S",
-    "retry_failed_s": "JANUS_RETRY_FAILED_S",
-    "max_batch": "JANUS_MAX_BATCH",
-    "batch_wait_ms": "JANUS_BATCH_WAIT_MS",
-    "engine": "JANUS_ENGINE",
-    "threads": "JANUS_THREADS",
-    "workers": "JANUS_WORKERS",
-    "port": "JANUS_PORT",
-}
+from adapters_store.settings import JanusSettings
+from learner.data.images import IMAGE_FORMATS, MAX_PIXELS
 
 Engine = Literal["auto", "onnx", "torch"]
 
 
-class ServiceSettings(BaseModel):
+class ServiceSettings(JanusSettings):
     """Limits, tokens, hot-swap timing and batching of the classification service."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    admin_token: SecretStr | None = Field(None, description="bearer token of the admin API")
-    classify_token: SecretStr | None = Field(None, description="bearer token of /classify")
-    max_body_bytes: int = Field(16 << 20, gt=0)
-    max_upload_bytes: int = Field(1 << 30, gt=0)
-    max_pixels: int = Field(40_000_000, gt=0, description="per image: width × height")
-    max_images: int = Field(64, ge=1)
-    image_formats: tuple[str, ...] = Field(("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"))
-    max_top_k: int = Field(20, ge=1)
-    poll_s: float = Field(1.0, gt=0, le=2.0, description="≤ 2 s (DESIGN.md §5)")
-    retry_failed_s: float = Field(15.0, gt=0)
-    max_batch: int = Field(32, ge=1)
-    batch_wait_ms: float = Field(2.0, ge=0, le=1000)
-    engine: Engine = "auto"
-    threads: int | None = Field(None, ge=1)
-    workers: int = Field(2, ge=1, le=64)
-    port: int = Field(3000, ge=1, le=65535)
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token of the admin routes (16+ characters); unset: the admin API "
+        "answers 403 (`janus up` makes one)",
+    )
+    classify_token: SecretStr | None = Field(
+        None, description="bearer token of /classify; unset: classify is open"
+    )
+    max_body_bytes: int = Field(
+        16 << 20, gt=0, description="largest classify request body (413 before reading it)"
+    )
+    max_upload_bytes: int = Field(
+        1 << 30, gt=0, description="largest dataset upload to /admin/learn"
+    )
+    max_pixels: int = Field(
+        MAX_PIXELS, gt=0, description="largest image (width × height), checked before decoding"
+    )
+    max_images: int = Field(64, ge=1, description="most images in one classify request")
+    image_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        IMAGE_FORMATS, description="accepted image formats (comma-separated PIL names)"
+    )
+    max_top_k: int = Field(20, ge=1, description="largest top_k a request may ask for")
+    poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=2.0,
+        description="how often each worker compares its version with the serving pointer (≤ 2)",
+    )
+    retry_failed_s: float = Field(
+        15.0, gt=0, description="wait before retrying a version that failed to load"
+    )
+    max_batch: int = Field(32, ge=1, description="largest adaptive batch (images)")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a batch may wait for more requests"
+    )
+    engine: Engine = Field(
+        "auto", description="auto (ONNX Runtime; torch for a version without ONNX), onnx, torch"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="intra-op threads per worker; unset: CPU cores / workers"
+    )
+    workers: int = Field(2, ge=1, le=64, description="service worker processes")
+    port: int = Field(3000, ge=1, le=65535, description="port of `janus up` / `bentoml serve`")
 
     @field_validator("image_formats", mode="before")
     @classmethod
@@ -96,20 +90,3 @@ class ServiceSettings(BaseModel):
     def body_limit(self, path: str) -> int:
         """Largest request body for `path`: dataset uploads may be larger than classify bodies."""
         return self.max_upload_bytes if path.startswith("/admin/") else self.max_body_bytes
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: object
-    ) -> ServiceSettings:
-        """Settings from `JANUS_*` variables (unset or empty ones keep their default)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v)}
-        values.update(overrides)
-        try:
-            return cls.model_validate(values)
-        except ValidationError as err:
-            where = ", ".join(
-                _ENV.get(str(e["loc"][0]), str(e["loc"][0])) for e in err.errors() if e["loc"]
-            )
-            where = where or "environment"
-            raise ValueError(f"invalid service settings ({where}): {err}") from None

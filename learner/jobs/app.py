@@ -40,8 +40,8 @@ def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "task_track_started": True,
-        "task_soft_time_limit": settings.soft_time_limit_s,
-        "task_time_limit": settings.time_limit_s,
+        "task_soft_time_limit": settings.job_soft_time_limit_s,
+        "task_time_limit": settings.job_time_limit_s,
         "broker_transport_options": {
             "visibility_timeout": int(settings.visibility_timeout_s),
             "unacked_restore_interval": settings.restore_interval_s,
@@ -97,7 +97,7 @@ def create_app(settings: JobSettings | None = None, redis_url: str | None = None
 
 def app_settings(app: Celery) -> JobSettings:
     """The job settings an app was created with."""
-    return JobSettings.model_validate(app.conf.janus_settings)
+    return JobSettings.from_env({}, **app.conf.janus_settings)
 
 
 @cache

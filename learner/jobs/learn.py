@@ -85,7 +85,7 @@ class _Reporter:
 
 
 def _settings(job: CeleryTask) -> JobSettings:
-    return JobSettings.model_validate(job.app.conf.janus_settings)
+    return JobSettings.from_env({}, **job.app.conf.janus_settings)
 
 
 def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
@@ -267,7 +267,7 @@ def _run(
         raise Ignore() from None
     except SoftTimeLimitExceeded:
         raise JobFailed(
-            f"the job ran past its soft time limit ({settings.soft_time_limit_s:g} s); raise "
+            f"the job ran past its soft time limit ({settings.job_soft_time_limit_s:g} s); raise "
             "JANUS_JOB_SOFT_TIME_LIMIT_S (and the hard limit and visibility timeout above it) "
             "or train fewer epochs"
         ) from None

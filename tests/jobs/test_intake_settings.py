@@ -125,7 +125,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "JANUS_VISIBILITY_TIMEOUT_S": "30",
     }
     s = JobSettings.from_env(env)
-    assert s.redis_url is None and s.time_limit_s == 20
+    assert s.redis_url is None and s.job_time_limit_s == 20
     assert s.allowed_roots == (tmp_path / "a", tmp_path / "b")
     assert s.store_uri == str(tmp_path / "store")
     assert JobSettings.from_env({"JANUS_DATA_DIR": str(tmp_path)}).allowed_roots == (

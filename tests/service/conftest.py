@@ -78,8 +78,10 @@ class Api:
 
 
 def make_api(store_root: Path, **settings: object) -> Api:
-    cfg = ServiceSettings(admin_token=ADMIN, poll_s=0.2, workers=1, threads=1, **settings)  # type: ignore[arg-type]
-    jobs = JobSettings(store=str(store_root), data_dir=store_root.parent / "data")
+    cfg = ServiceSettings.from_env(
+        {}, admin_token=ADMIN, poll_s=0.2, workers=1, threads=1, **settings
+    )
+    jobs = JobSettings.from_env({}, store=str(store_root), data_dir=store_root.parent / "data")
     serving = Serving(cfg, jobs, service_metrics())
     serving.swapper.check()
     app = create_api(lambda: serving)
