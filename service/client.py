@@ -1,27 +1,48 @@
-"""A small HTTP client of the service, for `janus classify` and `janus bench serve`.
+"""A small HTTP client of the service, for `janus classify`, `--url` and `janus bench serve`.
 
-The URL defaults to `$JANUS_URL`, else http://127.0.0.1:3000; the token to `$JANUS_CLASSIFY_TOKEN`,
-else `$JANUS_ADMIN_TOKEN` (sent only when set).
+`ClientSettings`: the URL defaults to `$JANUS_URL`, else http://127.0.0.1:3000; the token to
+`$JANUS_CLASSIFY_TOKEN`, else `$JANUS_ADMIN_TOKEN` (sent only when set).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field, SecretStr
+
+from adapters_store.settings import JanusSettings
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 
 
+class ClientSettings(JanusSettings):
+    """Where the command line finds the service, and the tokens it sends."""
+
+    url: str = Field(
+        DEFAULT_URL, description="the service that `janus classify` and `--url` commands call"
+    )
+    admin_token: SecretStr | None = Field(None, description="sent to the admin routes")
+    classify_token: SecretStr | None = Field(None, description="sent to /classify")
+
+
 def default_url() -> str:
-    return os.environ.get("JANUS_URL") or DEFAULT_URL
+    return ClientSettings.from_env().url
+
+
+def admin_token() -> str | None:
+    """`$JANUS_ADMIN_TOKEN`, if set."""
+    token = ClientSettings.from_env().admin_token
+    return token.get_secret_value() if token else None
 
 
 def auth_headers(token: str | None = None) -> dict[str, str]:
-    token = token or os.environ.get("JANUS_CLASSIFY_TOKEN") or os.environ.get("JANUS_ADMIN_TOKEN")
+    """The classify token: `token`, else `$JANUS_CLASSIFY_TOKEN`, else `$JANUS_ADMIN_TOKEN`."""
+    settings = ClientSettings.from_env()
+    stored = settings.classify_token or settings.admin_token
+    token = token or (stored.get_secret_value() if stored else None)
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tarfile
 import time
@@ -20,13 +19,13 @@ from typing import Any
 
 import httpx
 
-from service.client import ServiceError, raise_for
+from service.client import ServiceError, admin_token, raise_for
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    token = getattr(args, "token", None) or os.environ.get("JANUS_ADMIN_TOKEN")
+    token = getattr(args, "token", None) or admin_token()
     if not token:
         raise ServiceError("the admin API needs a token: pass --token or set JANUS_ADMIN_TOKEN")
     return httpx.Client(

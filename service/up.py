@@ -22,6 +22,7 @@ import httpx
 
 from adapters_store import open_store
 from learner.jobs.settings import JobSettings
+from service import client
 from service.process_group import spawn_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +52,8 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Child
 
 def admin_token(data_dir: Path) -> str:
     """`$JANUS_ADMIN_TOKEN`, else the data dir's `admin-token` (created once, mode 0600)."""
-    if os.environ.get("JANUS_ADMIN_TOKEN"):
-        return os.environ["JANUS_ADMIN_TOKEN"]
+    if token := client.admin_token():
+        return token
     path = data_dir / "admin-token"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
