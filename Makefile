@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format bench bench-quick bench-step clean
+.PHONY: setup data run demo test test-unit check format readme-settings bench bench-quick bench-step clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -14,40 +14,47 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-setup: $(STAMP) data
+setup: $(STAMP)  ## the virtualenv: everything `make run` and `make test` need (no root)
 
-# Fashion-MNIST as IDX files, from Debian (MIT licence); the learner's default real data.
+# Fashion-MNIST as IDX files, from Debian (MIT licence): the benchmark's and the demo's data.
+# `make run` and `make test` do not need it.
 data:
-	@test -f $(FMNIST) || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+	@test -f $(FMNIST) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi; }
 
 run: setup  ## the main job: Redis, a Celery worker and the BentoML service; Ctrl-C stops all
 	$(VENV)/bin/janus up
 
-demo: setup  ## a short class-incremental Janus-LoRA run that prints the accuracy matrix
+demo: setup data  ## a short class-incremental Janus-LoRA run that prints the accuracy matrix
 	$(VENV)/bin/janus demo
 
-test: setup  ## every test tier: unit, integration (real S3 server), slow
+test: setup  ## every test tier: unit, integration (real Redis, Celery, bentoml serve, S3 server), slow
 	$(VENV)/bin/pytest
 
 test-unit: setup
 	$(VENV)/bin/pytest -m "not integration and not slow"
 
-check: setup
-	$(VENV)/bin/ruff check $(PACKAGES) tests
-	$(VENV)/bin/ruff format --check $(PACKAGES) tests
+check: setup  ## lint, format, types, and the import contracts of docs/DESIGN.md §2
+	$(VENV)/bin/ruff check $(PACKAGES) tests docs
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: setup
-	$(VENV)/bin/ruff check --fix $(PACKAGES) tests
-	$(VENV)/bin/ruff format $(PACKAGES) tests
+	$(VENV)/bin/ruff check --fix $(PACKAGES) tests docs
+	$(VENV)/bin/ruff format $(PACKAGES) tests docs
 
-bench: setup  ## the full class-incremental benchmark (CPU: about an hour)
+readme-settings: setup  ## regenerate README.md's table of JANUS_* variables from the settings models
+	$(PY) -c "from pathlib import Path; from service.envdoc import rewrite_readme; rewrite_readme(Path('README.md'))"
+
+bench: setup data  ## the full class-incremental benchmark (CPU: about 35 minutes)
 	$(VENV)/bin/janus bench cl --ablation --out runs/bench-cl
 
-bench-quick: setup
+bench-quick: setup data
 	$(VENV)/bin/janus bench cl --quick --out runs/bench-cl-quick
 
-bench-step: setup  ## step time of janus, its ablations and baselines over seq-lora, interleaved
+bench-step: setup data  ## step time of janus, its ablations and baselines over seq-lora, interleaved
 	$(VENV)/bin/janus bench step --methods janus,janus-no-oe,janus-no-gr,janus-no-dml,inflora,lora-gpm --out runs/bench-step
 
 clean:
