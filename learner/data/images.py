@@ -199,11 +199,14 @@ def array_pixels(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def model_input(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Step 4: uint8 (N, S, S, C) pixels → float32 (N, 3, S, S), values 0–255 (the ONNX input)."""
-    x = np.stack(list(images)) if not isinstance(images, np.ndarray) else images  # (N, S, S, C)
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8:
-        raise ValueError(f"expected uint8 (N, S, S, C) pixels, C = 1 or 3; got {x.shape} {x.dtype}")
-    x = x.transpose(0, 3, 1, 2).astype(np.float32)  # (N, C, S, S)
-    if x.shape[1] == 1:
-        x = np.repeat(x, 3, axis=1)  # grayscale → 3 channels
-    return np.ascontiguousarray(x)
+    """Step 4: uint8 (S, S, C) pixels, C = 1 or 3 (mixed is fine), → float32 (N, 3, S, S), values
+    0–255 (the ONNX input); grayscale is repeated over the three channels."""
+    rgb = []
+    for x in images:
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"expected uint8 (S, S, C) pixels, C = 1 or 3; got {x.shape} {x.dtype}"
+            )
+        rgb.append(x if x.shape[-1] == 3 else np.repeat(x, 3, axis=-1))
+    batch = np.stack(rgb).transpose(0, 3, 1, 2)  # (N, 3, S, S)
+    return np.ascontiguousarray(batch, dtype=np.float32)

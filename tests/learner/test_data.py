@@ -533,14 +533,44 @@ def test_corrupt_archive(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("split", "n"), [("train", 60_000), ("test", 10_000)])
-def test_fashion_mnist(split: str, n: int) -> None:
-    batch = load_fashion_mnist(split=split)  # type: ignore[arg-type]
-    assert batch.images.shape == (n, 28, 28, 1)
-    assert batch.class_names == FASHION_MNIST_CLASSES
-    assert len(batch.class_names) == 10
-    assert set(batch.counts().values()) == {n // 10}
-    assert 0 < batch.images.mean() < 255
+def _write_idx(path: Path, array: np.ndarray, magic: int, gz: bool) -> None:
+    """An IDX file of unsigned bytes as Fashion-MNIST ships them: magic, sizes, data."""
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    if gz:
+        import gzip
+
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as fh:
+            fh.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("split", "prefix", "gz"), [("train", "train", True), ("test", "t10k", False)]
+)
+def test_fashion_mnist(tmp_path: Path, split: str, prefix: str, gz: bool) -> None:
+    """The real file format (gzip or plain IDX), small files written here: every pixel and label
+    comes back, under the official class names."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    labels = np.arange(30, dtype=np.uint8) % 10
+    _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images, 2051, gz)
+    _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels, 2049, gz)
+    batch = load_fashion_mnist(tmp_path, split)  # type: ignore[arg-type]
+    assert batch.images.shape == (30, 28, 28, 1)
+    assert np.array_equal(batch.images[..., 0], images)
+    assert np.array_equal(batch.labels, labels)
+    assert batch.class_names == FASHION_MNIST_CLASSES and len(batch.class_names) == 10
+
+
+def test_fashion_mnist_truncated(tmp_path: Path) -> None:
+    images = np.zeros((4, 28, 28), np.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images, 2051, gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8), 2049, gz=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        load_fashion_mnist(tmp_path, "test")
 
 
 def test_fashion_mnist_missing(tmp_path: Path) -> None:
