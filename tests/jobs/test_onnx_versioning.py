@@ -81,3 +81,45 @@ def test_publish_then_load_rebuilds_the_same_model(tmp_path, digits: LabeledBatc
     x = example_input(second.model, batch=4)
     with torch.no_grad():
         torch.testing.assert_close(build_model(loaded)(x), second.model(x), atol=1e-4, rtol=1e-5)
+
+
+def test_a_graph_exported_before_it_normalised_its_input_still_serves(digits) -> None:
+    """Versions exported before the graph normalised its pixels (no `janus.input` metadata)
+    take normalised input; the runtime normalises for them, so they answer as before."""
+    import tempfile
+    from pathlib import Path
+
+    from service.runtime import _onnx
+
+    result = _learn(
+        LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=4)), digits, ["digit0", "digit1"]
+    )
+    model = result.model
+
+    class Legacy(torch.nn.Module):  # the old graph: normalised images in, logits out
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return model.head(model.backbone(x))
+
+    current = onnx.load_from_string(export_onnx(model, result.state.class_names))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "legacy.onnx"
+        torch.onnx.export(
+            Legacy(), (model.normalize_pixels(example_input(model)),), str(path),
+            input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+        legacy = onnx.load(str(path))
+    for prop in current.metadata_props:
+        if prop.key != "janus.input":
+            entry = legacy.metadata_props.add()
+            entry.key, entry.value = prop.key, prop.value
+    pixels = example_input(model, batch=3, seed=7)
+    with torch.no_grad():
+        expected = model(pixels).numpy()
+    for graph in (current, legacy):
+        got = _onnx("v0001", graph.SerializeToString(), threads=1).logits(pixels.numpy())
+        np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+    marker = next(p for p in current.metadata_props if p.key == "janus.input")
+    marker.value = "bgr-0-1"  # an input convention this service does not know
+    with pytest.raises(ValueError, match="does not know"):
+        _onnx("v0001", current.SerializeToString(), threads=1)
