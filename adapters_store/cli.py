@@ -2,6 +2,12 @@
 
 `service/cli.py` builds the `janus` parser and calls `register(subparsers)`; `main(argv)` builds a
 parser with only these commands (used by tests and `python -m adapters_store.cli`).
+
+Each kind of answer is printed by one function that takes the store's models (`print_versions`,
+`print_version`, `print_entry`, `print_history`): the local commands and their `--url` twins in
+`service.remote`, which parse the service's JSON back into the same models, share them. This is
+the lowest layer with a command line, so the helpers every `janus` command uses live here too:
+`Parser` (help that shows defaults), `print_table`, `print_fields`, `print_json`.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,74 +28,241 @@ from adapters_store.verify import verify_store
 
 Handler = Callable[[argparse.Namespace], int]
 
+Listed = tuple[str, Manifest | str]
+"""A version id with its manifest, or why the manifest does not load."""
 
-def _common(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions; ends an option's help with its default, if any.
+
+    No default (None), an unset flag (False) and empty values are left out: their help says what
+    happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return action.help
+        if isinstance(default, str | list | tuple) and not default:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # method names and options have hyphens: never break a line inside one
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `janus` and of each of its commands (`add_subparsers` makes `Parser`s)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    text: str,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand listed with `text`, which also opens its own `--help`."""
+    kwargs.setdefault("description", text[:1].upper() + text[1:] + ".")
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=text, **kwargs)
+    return parser
+
+
+def json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:
+    """`--json`; SUPPRESS: a nested parser's default must not overwrite its parent's value."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows of cells in aligned columns; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_fields(fields: Sequence[tuple[str, str]]) -> None:
+    """One `label  value` line per field, the values aligned."""
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        print(f"{label:<{width}}  {value}")
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """The first line of `text`, cut to `limit` characters."""
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def print_versions(
+    listed: Sequence[Listed], serving: str | None, *, as_json: bool, where: str
+) -> int:
+    """`janus versions`: a table, or JSON (each manifest plus `serving`); 1 if one does not load."""
+    if as_json:
+        print_json(
+            [
+                {**m.model_dump(mode="json"), "serving": vid == serving}
+                if isinstance(m, Manifest)
+                else {"id": vid, "error": m, "serving": vid == serving}
+                for vid, m in listed
+            ]
+        )
+    elif not listed:
+        print(f"no versions in {where} yet; learn one with `janus learn PATH`")
+    else:
+        rows = [["ID", "PARENT", "CREATED", "CLASSES ADDED", "ACCURACY", "SERVING"]]
+        for vid, m in listed:
+            mark = "*" if vid == serving else ""
+            if not isinstance(m, Manifest):
+                rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", mark])
+                continue
+            accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
+            created = m.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            added = shorten(", ".join(m.new_classes) or "-")
+            rows.append([vid, m.parent or "-", created, added, accuracy, mark])
+        print_table(rows)
+    return 0 if all(isinstance(m, Manifest) for _, m in listed) else 1
+
+
+def print_version(
+    manifest: Manifest, lineage: Sequence[str], serving: bool, *, as_json: bool
+) -> None:
+    """`janus versions show ID`: the manifest and lineage, as fields or JSON."""
+    if as_json:
+        print_json(
+            {
+                "manifest": manifest.model_dump(mode="json"),
+                "lineage": list(lineage),
+                "serving": serving,
+            }
+        )
+        return
+    new = f" (new: {', '.join(manifest.new_classes)})" if manifest.new_classes else ""
+    fields = [
+        ("version", manifest.id + ("  [serving]" if serving else "")),
+        ("lineage", " <- ".join(lineage)),
+        ("created", manifest.created_at.isoformat()),
+        ("method", f"{manifest.method} {json.dumps(manifest.hyperparameters, sort_keys=True)}"),
+        ("backbone", f"{manifest.backbone.name} (sha256 {manifest.backbone.weights_sha256})"),
+        ("task", str(manifest.task_index)),
+        ("classes", ", ".join(manifest.classes) + new),
+        ("data", manifest.data_digest),
+        ("metrics", ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()) or "-"),
+        ("job", f"{manifest.job_id or '-'} (idempotency key {manifest.idempotency_key or '-'})"),
+    ]
+    fields += [
+        ("file", f"{name}  {entry.size} B  sha256 {entry.sha256}")
+        for name, entry in manifest.files.items()
+    ]
+    print_fields(fields)
+
+
+def print_entry(entry: AuditEntry, *, as_json: bool) -> None:
+    """`janus activate | rollback`: the serving change made."""
+    if as_json:
+        print_json(entry.model_dump(mode="json", by_alias=True))
+    else:
+        print(f"serving {entry.to} (was {entry.from_ or 'none'}); recorded for {entry.actor}")
+
+
+def print_history(entries: Sequence[AuditEntry], *, as_json: bool) -> None:
+    """`janus history`: the audit log, oldest first."""
+    if as_json:
+        print_json([entry.model_dump(mode="json", by_alias=True) for entry in entries])
+    elif not entries:
+        print("no serving changes yet; serve a version with `janus activate ID`")
+    else:
+        rows = [["TIME", "ACTION", "FROM", "TO", "ACTOR", "REASON"]]
+        for e in entries:
+            time = e.time.strftime("%Y-%m-%d %H:%M:%S")
+            rows.append([time, e.action, e.from_ or "-", e.to, e.actor, e.reason])
+        print_table(rows)
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a nested parser's default must not overwrite a value given to its parent
     parser.add_argument(
         "--store",
         default=argparse.SUPPRESS,
         metavar="URI",
-        help="store path or URI (file://, s3://bucket/prefix); default $JANUS_STORE, "
-        "else $JANUS_DATA_DIR/store",
+        help="store path or URI (file://, s3://bucket/prefix) (default: $JANUS_STORE, "
+        "else $JANUS_DATA_DIR/store)",
     )
-    if json_help:
-        parser.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help=json_help
-        )
 
 
 def _who(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--actor", help="who makes the change (default user@host)")
+    parser.add_argument(
+        "--actor", help="who makes the change, in the audit log (default: user@host)"
+    )
     parser.add_argument("--reason", default="", help="why, recorded in the audit log")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds the store's subcommands to the `janus` parser."""
-    versions = subparsers.add_parser("versions", help="list versions (`versions show ID`: one)")
-    _common(versions, "print JSON")
+    versions = add_command(subparsers, "versions", "list versions (`versions show ID`: one)")
+    _store_option(versions)
+    json_option(versions)
     versions.set_defaults(func=_guard(_versions))
     nested = versions.add_subparsers(title="commands", metavar="show")
-    show = nested.add_parser("show", help="one version's manifest and lineage")
+    show = add_command(nested, "show", "one version's manifest and lineage")
     show.add_argument("id", help="version id, e.g. v0003")
-    _common(show, "print JSON")
+    _store_option(show)
+    json_option(show)
     show.set_defaults(func=_guard(_show))
 
-    activate = subparsers.add_parser("activate", help="serve a version (moves a pointer)")
+    activate = add_command(subparsers, "activate", "serve a version (moves a pointer)")
     activate.add_argument("id", help="version id, e.g. v0003")
     _who(activate)
-    _common(activate, "print the audit entry as JSON")
+    _store_option(activate)
+    json_option(activate, "print the audit entry as JSON")
     activate.set_defaults(func=_guard(_activate))
 
-    rollback = subparsers.add_parser(
-        "rollback", help="serve the previously serving version, or --to ID"
+    rollback = add_command(
+        subparsers, "rollback", "serve the previously serving version, or --to ID"
     )
-    rollback.add_argument("--to", metavar="ID", help="version to serve instead")
+    rollback.add_argument("--to", metavar="ID", help="version to serve instead of the previous one")
     _who(rollback)
-    _common(rollback, "print the audit entry as JSON")
+    _store_option(rollback)
+    json_option(rollback, "print the audit entry as JSON")
     rollback.set_defaults(func=_guard(_rollback))
 
-    history = subparsers.add_parser("history", help="audit log of serving changes")
-    _common(history, "print JSON")
+    history = add_command(subparsers, "history", "audit log of serving changes")
+    _store_option(history)
+    json_option(history)
     history.set_defaults(func=_guard(_history))
 
-    verify = subparsers.add_parser("verify", help="check every version's files and the pointer")
-    _common(verify, "print JSON")
+    verify = add_command(subparsers, "verify", "check every version's files and the pointer")
+    _store_option(verify)
+    json_option(verify)
     verify.set_defaults(func=_guard(_verify))
 
-    clean = subparsers.add_parser("clean-staging", help="remove abandoned partial publishes")
+    clean = add_command(subparsers, "clean-staging", "remove abandoned partial publishes")
     clean.add_argument(
         "--older-than",
         type=float,
         metavar="SECONDS",
-        help="also treat publishes from other hosts older than this as abandoned",
+        help="also treat publishes from other hosts older than this as abandoned "
+        "(default: $JANUS_STORE_STALE_AFTER_S)",
     )
-    _common(clean)
+    _store_option(clean)
+    json_option(clean, "print the removed paths as JSON")
     clean.set_defaults(func=_guard(_clean))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one store command, e.g. `main(["versions", "--json"])`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="janus")
+    parser = Parser(prog="janus")
     register(parser.add_subparsers(required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     code: int = args.func(args)
@@ -109,125 +283,44 @@ def _guard(handler: Callable[[argparse.Namespace, VersionStore], int]) -> Handle
     return run
 
 
-def _json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False))
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _short(names: Sequence[str], limit: int = 40) -> str:
-    text = ", ".join(names) or "-"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _versions(args: argparse.Namespace, store: VersionStore) -> int:
-    serving = store.serving()
-    listed: list[tuple[str, Manifest | StoreError]] = []
+    listed: list[Listed] = []
     for version_id in store.version_ids():
         try:
             listed.append((version_id, store.get(version_id)))
         except StoreError as err:
-            listed.append((version_id, err))
-    if _json(args):
-        _print_json(
-            [
-                {**m.model_dump(mode="json"), "serving": vid == serving}
-                if isinstance(m, Manifest)
-                else {"id": vid, "error": str(m), "serving": vid == serving}
-                for vid, m in listed
-            ]
-        )
-    elif not listed:
-        print(f"no versions in {store.uri} yet; train one with the learner")
-    else:
-        rows = [["ID", "PARENT", "CREATED", "CLASSES ADDED", "ACCURACY", "SERVING"]]
-        for vid, m in listed:
-            mark = "*" if vid == serving else ""
-            if isinstance(m, StoreError):
-                rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", mark])
-                continue
-            accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
-            created = m.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            rows.append([vid, m.parent or "-", created, _short(m.new_classes), accuracy, mark])
-        _table(rows)
-    return 1 if any(isinstance(m, StoreError) for _, m in listed) else 0
+            listed.append((version_id, str(err)))
+    return print_versions(listed, store.serving(), as_json=wants_json(args), where=store.uri)
 
 
 def _show(args: argparse.Namespace, store: VersionStore) -> int:
     manifest = store.get(args.id)
     lineage = [m.id for m in store.lineage(args.id)]
-    serving = store.serving() == manifest.id
-    if _json(args):
-        _print_json(
-            {"manifest": manifest.model_dump(mode="json"), "lineage": lineage, "serving": serving}
-        )
-        return 0
-    new = f" (new: {', '.join(manifest.new_classes)})" if manifest.new_classes else ""
-    fields = [
-        ("version", manifest.id + ("  [serving]" if serving else "")),
-        ("lineage", " <- ".join(lineage)),
-        ("created", manifest.created_at.isoformat()),
-        ("method", f"{manifest.method} {json.dumps(manifest.hyperparameters, sort_keys=True)}"),
-        ("backbone", f"{manifest.backbone.name} (sha256 {manifest.backbone.weights_sha256})"),
-        ("task", str(manifest.task_index)),
-        ("classes", ", ".join(manifest.classes) + new),
-        ("data", manifest.data_digest),
-        ("metrics", ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()) or "-"),
-        ("job", f"{manifest.job_id or '-'} (idempotency key {manifest.idempotency_key or '-'})"),
-    ]
-    fields += [
-        ("file", f"{name}  {entry.size} B  sha256 {entry.sha256}")
-        for name, entry in manifest.files.items()
-    ]
-    for label, value in fields:
-        print(f"{label:<9} {value}")
+    print_version(manifest, lineage, store.serving() == manifest.id, as_json=wants_json(args))
     return 0
 
 
-def _print_entry(args: argparse.Namespace, entry: AuditEntry) -> None:
-    if _json(args):
-        print(entry.model_dump_json(by_alias=True))
-    else:
-        print(f"serving {entry.to} (was {entry.from_ or 'none'}); recorded for {entry.actor}")
-
-
 def _activate(args: argparse.Namespace, store: VersionStore) -> int:
-    _print_entry(args, store.activate(args.id, actor=args.actor, reason=args.reason))
+    entry = store.activate(args.id, actor=args.actor, reason=args.reason)
+    print_entry(entry, as_json=wants_json(args))
     return 0
 
 
 def _rollback(args: argparse.Namespace, store: VersionStore) -> int:
-    _print_entry(args, store.rollback(args.to, actor=args.actor, reason=args.reason))
+    entry = store.rollback(args.to, actor=args.actor, reason=args.reason)
+    print_entry(entry, as_json=wants_json(args))
     return 0
 
 
 def _history(args: argparse.Namespace, store: VersionStore) -> int:
-    entries = store.history()
-    if _json(args):
-        _print_json([entry.model_dump(mode="json", by_alias=True) for entry in entries])
-    elif not entries:
-        print("no serving changes yet; serve a version with `janus activate ID`")
-    else:
-        rows = [["TIME", "ACTION", "FROM", "TO", "ACTOR", "REASON"]]
-        for e in entries:
-            time = e.time.strftime("%Y-%m-%d %H:%M:%S")
-            rows.append([time, e.action, e.from_ or "-", e.to, e.actor, e.reason])
-        _table(rows)
+    print_history(store.history(), as_json=wants_json(args))
     return 0
 
 
 def _verify(args: argparse.Namespace, store: VersionStore) -> int:
     report = verify_store(store)
-    if _json(args):
-        _print_json(
+    if wants_json(args):
+        print_json(
             {
                 "ok": report.ok,
                 "checked": report.checked,
@@ -248,8 +341,14 @@ def _verify(args: argparse.Namespace, store: VersionStore) -> int:
 
 
 def _clean(args: argparse.Namespace, store: VersionStore) -> int:
-    for path in store.clean_staging(args.older_than):
+    removed = store.clean_staging(args.older_than)
+    if wants_json(args):
+        print_json(removed)
+        return 0
+    for path in removed:
         print(f"removed {path}")
+    if not removed:
+        print(f"no abandoned publishes in {store.uri}")
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -13,7 +12,7 @@ from adapters_store import cli, open_store
 
 def janus(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Runs the commands as `service/cli.py` will: its own parser, our `register`."""
-    parser = argparse.ArgumentParser(prog="janus")
+    parser = cli.Parser(prog="janus")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve")  # the service's own commands live alongside ours
     cli.register(sub)
@@ -75,13 +74,24 @@ def test_activate_rollback_history(capsys: pytest.CaptureFixture[str], three: st
     entry = json.loads(out)
     assert (entry["from"], entry["to"], entry["action"]) == ("v0003", "v0001", "rollback")
     code, out, _ = janus(capsys, "rollback", "--to", "v0002", "--store", three)
-    assert code == 0 and open_store(three).serving() == "v0002"
+    assert code == 0 and out == "serving v0002 (was v0001); recorded for " + entry["actor"] + "\n"
+    assert open_store(three).serving() == "v0002"
+    code, out, _ = janus(capsys, "activate", "v0003", "--json", "--store", three)
+    assert json.loads(out)["from"] == "v0002"  # the audit log's field name, not `from_`
 
     code, out, _ = janus(capsys, "history", "--store", three)
     lines = out.splitlines()
-    assert len(lines) == 5 and "ship it" in lines[2] and "ops" in lines[2]
+    assert len(lines) == 6 and lines[0].split() == [
+        "TIME",
+        "ACTION",
+        "FROM",
+        "TO",
+        "ACTOR",
+        "REASON",
+    ]
+    assert "ship it" in lines[2] and "ops" in lines[2]
     code, out, _ = janus(capsys, "history", "--json", "--store", three)
-    assert [e["to"] for e in json.loads(out)] == ["v0001", "v0003", "v0001", "v0002"]
+    assert [e["to"] for e in json.loads(out)] == ["v0001", "v0003", "v0001", "v0002", "v0003"]
 
 
 def test_verify_exit_codes(capsys: pytest.CaptureFixture[str], three: str) -> None:
@@ -134,3 +144,21 @@ def test_a_corrupt_version_is_flagged_not_hidden(
     assert code == 1 and "CORRUPT" in out and "v0003" in out
     code, out, _ = janus(capsys, "activate", "v0003", "--store", three)
     assert code == 0  # other versions stay usable
+
+
+def test_clean_staging_says_when_there_is_nothing_and_prints_json(
+    capsys: pytest.CaptureFixture[str], three: str
+) -> None:
+    code, out, _ = janus(capsys, "clean-staging", "--store", three)
+    assert code == 0 and out.startswith("no abandoned publishes in ")
+    code, out, _ = janus(capsys, "clean-staging", "--json", "--store", three)
+    assert code == 0 and json.loads(out) == []
+
+
+def test_help_shows_defaults_and_leaves_out_absent_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        janus(capsys, "activate", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "why, recorded in the audit log --store" in text  # `--reason ""`: no "(default: )"
+    assert "(default: user@host)" in text and "(default: None)" not in text
+    assert "(default: False)" not in text
