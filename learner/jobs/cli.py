@@ -1,7 +1,11 @@
 """`janus worker | learn | jobs | cancel`: run learn jobs and follow them.
 
 Without `JANUS_REDIS_URL` every command uses the embedded Redis of the data dir (starting it if
-none runs; the process that started it stops it on exit, and queued jobs persist on disk).
+none runs; the process that started it stops it on exit, and queued jobs persist on disk). A Redis
+that does not answer ends a command with one line that names it (never its password) and exit 1.
+
+Jobs are printed by `print_job`, `print_jobs`, `print_learned` and `print_cancelled`, which take
+`JobStatus` models: the local commands and their `--url` twins in `service.remote` share them.
 """
 
 from __future__ import annotations
@@ -10,21 +14,189 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
 
+from adapters_store.cli import (
+    add_command,
+    print_fields,
+    print_json,
+    print_table,
+    shorten,
+)
+from learner.config import TrainConfig
 from learner.jobs.app import create_app, resolve_redis
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
 from learner.jobs.intake import STAGED, stage_dataset
 from learner.jobs.settings import JobSettings
+from learner.methods import list_methods
+
+Handler = Callable[[argparse.Namespace], int]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _app() -> tuple[Celery, JobSettings]:
-    settings = JobSettings.from_env()
+def parse_setting(item: str) -> tuple[str, Any]:
+    """`key=value` → (key, JSON value or the plain string), for `--set`."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes key=value (a TrainConfig field), got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+# --- what the commands print (shared with `service.remote`) -----------------------------------
+
+
+def _when(submitted_at: str | None) -> str:
+    if not submitted_at:
+        return "-"
+    try:
+        return datetime.fromisoformat(submitted_at).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return submitted_at
+
+
+def _progress(job: JobStatus) -> str:
+    p = job.progress or {}
+    epoch = f"{p.get('epoch', '-')}/{p.get('epochs', '-')}"
+    return f"{p.get('phase')} epoch {epoch} step {p.get('step', '-')}/{p.get('steps', '-')}"
+
+
+def print_job(job: JobStatus, *, as_json: bool) -> None:
+    """`janus jobs ID`: one job's state, with its version, error or progress."""
+    if as_json:
+        print_json(job.model_dump(mode="json"))
+        return
+    fields = [
+        ("job", job.job_id),
+        ("state", job.state),
+        ("submitted", _when(job.submitted_at)),
+        ("dataset", job.dataset or "-"),
+    ]
+    if job.version:
+        fields.append(("version", job.version))
+    if job.error:
+        fields.append(("error", job.error.strip().replace("\n", " | ")))
+    if job.progress:
+        fields.append(("progress", _progress(job)))
+    print_fields(fields)
+
+
+def print_jobs(jobs: Sequence[JobStatus], *, as_json: bool) -> None:
+    """`janus jobs`: the most recent jobs, newest first."""
+    if as_json:
+        print_json([job.model_dump(mode="json") for job in jobs])
+        return
+    if not jobs:
+        print("no learn jobs yet; queue one with `janus learn PATH`")
+        return
+    rows = [["JOB", "STATE", "SUBMITTED", "VERSION / PROGRESS / ERROR"]]
+    for job in jobs:
+        outcome = job.version or (_progress(job) if job.progress else shorten(job.error or "-", 60))
+        rows.append([job.job_id, job.state, _when(job.submitted_at), outcome])
+    print_table(rows)
+
+
+def print_learned(job: JobStatus, *, as_json: bool) -> int:
+    """`janus learn`: the id of a queued job, or the finished job; 1 if it did not succeed.
+
+    `--json` prints one line, `{"job_id", "state", "version", "error"}`, in both cases.
+    """
+    if as_json:
+        print(json.dumps(job.summary()))
+    elif job.final:
+        print_job(job, as_json=False)
+    else:
+        print(job.job_id)
+    return 1 if job.state in ("failed", "cancelled") else 0
+
+
+def print_cancelled(job: JobStatus, *, as_json: bool) -> int:
+    """`janus cancel`: `job` is its state when asked; 1 if it had already ended."""
+    if job.final:
+        print(f"janus: error: job {job.job_id} already {job.state}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(job.model_dump(mode="json"))
+    else:
+        print(f"cancel requested for {job.job_id} ({job.state}); it stops at its next step")
+    return 0
+
+
+class ProgressBar:
+    """A tqdm bar over training steps, with the phase in its description: `wait`'s `on_update`."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar: Any = None
+        self.enabled = enabled
+
+    def __call__(self, job: JobStatus) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(desc=job.state, unit="step", dynamic_ncols=True, file=sys.stderr)
+        p = job.progress or {}
+        self.bar.set_description(str(p.get("phase", job.state)))
+        if p.get("steps"):
+            self.bar.total = int(p["steps"])
+            self.bar.set_postfix(
+                loss=p.get("loss"), img_s=round(float(p.get("samples_per_s") or 0))
+            )
+            self.bar.update(int(p.get("step", 0)) - self.bar.n)
+        if job.final:
+            self.bar.close()
+
+
+_Bar = ProgressBar  # the name `service.up` imports
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def _app(settings: JobSettings) -> Celery:
     url, _server = resolve_redis(settings)
-    return create_app(settings, url), settings
+    return create_app(settings, url)
+
+
+def _redis_guard(handler: Handler) -> Handler:
+    """Runs a command; a Redis that does not answer becomes one line and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (redis.RedisError, OperationalError) as err:
+            print(f"janus: error: {_unreachable(err)}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _unreachable(err: Exception) -> str:
+    why = " ".join(str(err).split()) or type(err).__name__
+    settings = JobSettings.from_env()
+    if settings.redis_url:
+        url = maybe_sanitize_url(settings.redis_url, mask="***")  # no password
+        return (
+            f"cannot reach Redis at {url} ({why}); start "
+            "Redis there, or fix JANUS_REDIS_URL (unset, `janus up` and `janus worker` run an "
+            "embedded Redis in the data dir)"
+        )
+    return (
+        f"cannot reach the embedded Redis of {settings.data_dir} ({why}); start it again with "
+        "`janus up` or `janus worker`, or set JANUS_REDIS_URL"
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -55,6 +227,11 @@ def _dataset_ref(path: str, settings: JobSettings) -> str:
     if STAGED.fullmatch(path):
         return path
     real = Path(os.path.realpath(path))
+    if not real.exists():
+        raise FileNotFoundError(
+            f"{path}: no such file or folder; pass a class-folder tree, a zip/tar archive, "
+            "an .npz, or datasets/<sha256>"
+        )
     if any(real == root or root in real.parents for root in settings.allowed_roots):
         return str(real)
     ref = stage_dataset(real, settings.store_uri)
@@ -62,136 +239,140 @@ def _dataset_ref(path: str, settings: JobSettings) -> str:
     return ref
 
 
-def parse_setting(item: str) -> tuple[str, Any]:
-    """`key=value` → (key, JSON value or the plain string), for `--set`."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes key=value (a TrainConfig field), got {item!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
-class _Bar:
-    """A tqdm bar over training steps, with the phase in its description."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar: Any = None
-        self.enabled = enabled
-
-    def __call__(self, job: JobStatus) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(desc=job.state, unit="step", dynamic_ncols=True, file=sys.stderr)
-        p = job.progress or {}
-        self.bar.set_description(str(p.get("phase", job.state)))
-        if p.get("steps"):
-            self.bar.total = int(p["steps"])
-            self.bar.set_postfix(
-                loss=p.get("loss"), img_s=round(float(p.get("samples_per_s") or 0))
-            )
-            self.bar.update(int(p.get("step", 0)) - self.bar.n)
-        if job.final:
-            self.bar.close()
-
-
-def _learn(args: argparse.Namespace) -> int:
-    app, settings = _app()
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields `learn` overrides: `--set KEY=VALUE`s and `--epochs`."""
     train = dict(parse_setting(item) for item in args.set)
     if args.epochs:
         train["epochs"] = args.epochs
+    return train
+
+
+def _learn(args: argparse.Namespace) -> int:
+    settings = JobSettings.from_env()
     request = LearnRequest(
-        dataset=_dataset_ref(args.path, settings),
+        dataset=_dataset_ref(args.path, settings),  # a missing path fails before Redis starts
         parent=args.parent,
         method=args.method,
-        train=train,
+        train=train_overrides(args),
         idempotency_key=args.key,
         activation=args.activation,
         gate_accuracy=args.gate_accuracy,
         reason=args.reason,
     )
+    app = _app(settings)
     job_id = submit(app, request)
     if not args.wait:
-        print(json.dumps({"job_id": job_id, "state": "queued"}) if args.json else job_id)
-        return 0
+        queued = JobStatus(job_id=job_id, state="queued", dataset=request.dataset)
+        return print_learned(queued, as_json=args.json)
     if not app.control.ping(timeout=1.0):
         print("janus: no worker answers; start one with `janus worker`", file=sys.stderr)
-    final = wait(app, job_id, on_update=_Bar(not args.json or sys.stderr.isatty()))
-    print(json.dumps(final.summary()))
-    return 0 if final.state == "succeeded" else 1
-
-
-def _show(job: JobStatus) -> str:
-    extra = job.version or job.error or ""
-    if job.progress:
-        p = job.progress
-        epoch = f"{p.get('epoch', '-')}/{p.get('epochs', '-')}"
-        extra = f"{p.get('phase')} epoch {epoch} step {p.get('step', '-')}/{p.get('steps', '-')}"
-    return f"{job.job_id}  {job.state:<9}  {job.submitted_at or '':<32}  {extra}"
+    final = wait(app, job_id, on_update=ProgressBar(not args.json or sys.stderr.isatty()))
+    return print_learned(final, as_json=args.json)
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    app, _ = _app()
+    app = _app(JobSettings.from_env())
     if args.id:
         job = status(app, args.id)
         if job.state == "unknown":
-            print(f"janus: no job {args.id}; list jobs with `janus jobs`", file=sys.stderr)
+            print(f"janus: error: no job {args.id}; list jobs with `janus jobs`", file=sys.stderr)
             return 1
-        print(job.model_dump_json(indent=2) if args.json else _show(job))
+        print_job(job, as_json=args.json)
         return 0
-    jobs = list_jobs(app, args.limit)
-    if args.json:
-        print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
-    else:
-        for job in jobs:
-            print(_show(job))
+    print_jobs(list_jobs(app, args.limit), as_json=args.json)
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    app, _ = _app()
-    job = cancel(app, args.id)
-    if job.final:
-        print(f"janus: job {args.id} already {job.state}", file=sys.stderr)
-        return 1
-    print(f"cancel requested for {args.id} ({job.state}); it stops at its next step")
-    return 0
+    app = _app(JobSettings.from_env())
+    return print_cancelled(cancel(app, args.id), as_json=args.json)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds the job commands to the `janus` parser."""
-    worker = subparsers.add_parser("worker", help="run a Celery worker for learn jobs")
-    worker.add_argument("--pool", choices=["prefork", "solo"], default="prefork")
+    worker = add_command(subparsers, "worker", "run a Celery worker for learn jobs")
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "solo"],
+        default="prefork",
+        help="prefork: each job in a child process (the hard time limit can kill it); "
+        "solo: in the worker itself",
+    )
     worker.add_argument("--concurrency", type=int, default=1, help="training jobs at once")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--loglevel",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"Celery's log level: {', '.join(LOG_LEVELS)}",
+    )
     worker.set_defaults(func=_worker)
 
-    learn = subparsers.add_parser("learn", help="queue a learn job for a labeled batch")
+    learn = add_command(subparsers, "learn", "queue a learn job for a labeled batch")
     learn.add_argument(
-        "path", help="class-folder tree, zip/tar archive, .npz, or datasets/<sha256>"
+        "path",
+        help="class-folder tree, zip/tar archive or .npz (copied into the store unless under "
+        "$JANUS_DATASET_ROOTS), or datasets/<sha256> (already staged)",
     )
     learn.add_argument("--parent", default="serving", help="version id, 'serving' or 'root'")
-    learn.add_argument("--method", default="janus")
-    learn.add_argument("--key", default=None, help="idempotency key (default: one per job)")
-    learn.add_argument("--activation", choices=["auto", "manual", "gate"], default="auto")
-    learn.add_argument("--gate-accuracy", type=float, default=50.0, help="gate: held-out %%")
-    learn.add_argument("--epochs", type=int, default=None)
-    learn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    learn.add_argument("--reason", default="")
+    learn.add_argument(
+        "--method",
+        choices=list_methods(),
+        default="janus",
+        metavar="METHOD",
+        help=f"continual-learning method, one of: {', '.join(list_methods())}",
+    )
+    learn.add_argument(
+        "--key",
+        default=None,
+        help="idempotency key: a repeated job with it publishes once (default: one per job)",
+    )
+    learn.add_argument(
+        "--activation",
+        choices=["auto", "manual", "gate"],
+        default="auto",
+        help="auto: serve the new version; manual: don't; gate: if it passes --gate-accuracy",
+    )
+    learn.add_argument(
+        "--gate-accuracy",
+        type=float,
+        default=50.0,
+        metavar="PERCENT",
+        help="with --activation gate: held-out accuracy (%%) on the new classes needed",
+    )
+    learn.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs of training (default: {TrainConfig.model_fields['epochs'].default}, "
+        "TrainConfig's)",
+    )
+    fields = ", ".join(f for f in TrainConfig.model_fields if f != "method")
+    learn.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a training setting (learner.config.TrainConfig; repeatable), e.g. "
+        f"--set lr=2e-4; fields: {fields}",
+    )
+    learn.add_argument("--reason", default="", help="why, recorded in the audit log")
     learn.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    learn.add_argument("--json", action="store_true", help="print JSON")
-    learn.set_defaults(func=_learn)
+    learn.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON line: {"job_id", "state", "version", "error"}',
+    )
+    learn.set_defaults(func=_redis_guard(_learn))
 
-    jobs = subparsers.add_parser("jobs", help="list learn jobs, or show one")
-    jobs.add_argument("id", nargs="?")
-    jobs.add_argument("--limit", type=int, default=20)
-    jobs.add_argument("--json", action="store_true")
-    jobs.set_defaults(func=_jobs)
+    jobs = add_command(subparsers, "jobs", "list learn jobs, or show one")
+    jobs.add_argument("id", nargs="?", help="a job id: show this job (default: list jobs)")
+    jobs.add_argument("--limit", type=int, default=20, help="most recent jobs to list")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.set_defaults(func=_redis_guard(_jobs))
 
-    cancel_cmd = subparsers.add_parser("cancel", help="cancel a queued or running learn job")
-    cancel_cmd.add_argument("id")
-    cancel_cmd.set_defaults(func=_cancel)
+    cancel_cmd = add_command(subparsers, "cancel", "cancel a queued or running learn job")
+    cancel_cmd.add_argument("id", help="job id, as `janus learn` printed it")
+    cancel_cmd.add_argument("--json", action="store_true", help="print the job's state as JSON")
+    cancel_cmd.set_defaults(func=_redis_guard(_cancel))
