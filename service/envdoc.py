@@ -87,13 +87,23 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^/\s]+@")
+"""The password of a URL (`redis://:secret@host`), which `current` shows as `***`."""
+
+
 def current(environ: Mapping[str, str]) -> list[tuple[str, str, bool]]:
-    """(variable, value in effect, set in `environ`) for every variable; secrets as set/unset."""
+    """(variable, value in effect, set in `environ`) for every variable; secrets as set/unset,
+    and URLs without their password.
+
+    Raises:
+        SettingsError: a variable holds a value its setting refuses.
+    """
     values: dict[str, str] = {}
     for model, _ in MODELS:
         settings = model.from_env(environ)
         for name in model.model_fields:
-            values.setdefault(model.env_var(name), _shown(getattr(settings, name)))
+            shown = _PASSWORD.sub(r"\1:***@", _shown(getattr(settings, name)))
+            values.setdefault(model.env_var(name), shown)
     return [(v.name, values[v.name], bool(environ.get(v.name))) for v in variables()]
 
 
