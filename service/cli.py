@@ -1,15 +1,39 @@
-"""The `janus` command line: benchmarks, the demo run, and the version store's commands."""
+"""The `janus` command line: benchmarks, the demo run, and every command of the store, the job
+pipeline and the service, in one parser.
+
+Exit codes, for every command:
+
+    0  it did what was asked
+    1  it failed: one line on stderr says why and what to do (an unreachable Redis or service, a
+       missing file, an invalid JANUS_* setting, a store error), or a check or job failed
+    2  usage error: argparse's own (an unknown option, a missing argument, an unknown method)
+
+Errors a user can hit never end in a traceback; `janus ... | head -1` neither (a closed pipe
+silences the rest of the output and exits 1, as the Python docs recommend for SIGPIPE).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from learner.methods import list_methods
+from adapters_store.cli import Parser, add_command
+from adapters_store.settings import SettingsError
+from learner.methods import get_method, list_methods
+from service.client import ServiceError
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  failure: one line on stderr says why (unreachable Redis or service, missing file,
+     invalid JANUS_* setting, store error), or a check or learn job failed
+  2  usage error (bad arguments)"""
 
 
 def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
@@ -34,6 +58,30 @@ def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]
     return on_task
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    """`--methods a,b`: known method names (an unknown one is a usage error)."""
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one method")
+    for name in names:
+        try:
+            get_method(name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return names
+
+
+def _timed_methods(text: str) -> tuple[str, ...]:
+    """`bench step --methods`: methods that train something, so have a step time."""
+    names = _methods(text)
+    for name in names:
+        if not get_method(name).adapt:
+            raise argparse.ArgumentTypeError(
+                f"method {name!r} trains nothing, so it has no step time; drop it"
+            )
+    return names
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """`--set KEY=VALUE` settings, plus `--threads`."""
     from learner.jobs.cli import parse_setting
@@ -54,7 +102,7 @@ def _bench_cl(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         data=args.data,
         tasks=args.tasks,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=args.methods,
         preset="quick" if args.quick else "full",
         seed=args.seed,
         train_overrides=overrides,
@@ -79,7 +127,7 @@ def _bench_step(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(
         data=args.data,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=args.methods,
         preset="full" if args.full else "quick",
         seed=args.seed,
         train_overrides=_overrides(args),
@@ -97,66 +145,103 @@ def _bench_step(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job until the service exists: a short class-incremental run."""
-    args.methods, args.quick, args.ablation, args.epochs, args.set = "janus", True, False, None, []
+    """A short class-incremental run of janus alone: `bench cl`'s quick preset."""
+    args.methods, args.quick, args.ablation, args.epochs = ("janus",), True, False, None
+    args.set = []
     return _bench_cl(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="janus", description="Continual-learning image classification with Janus-LoRA"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    try:
+        return version("janus-serve")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `make setup`)"
 
-    demo = sub.add_parser("demo", help="a short class-incremental run on Fashion-MNIST (offline)")
-    demo.add_argument("--data", default="fashion-mnist")
-    demo.add_argument("--tasks", type=int, default=5)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None)
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--no-progress", action="store_true")
-    demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    cl = bench.add_parser("cl", help="class-incremental benchmark of every method on one split")
-    cl.add_argument(
+def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options every benchmark shares: data, seed, threads, output folder."""
+    parser.add_argument(
         "--data", default="fashion-mnist", help="fashion-mnist, an .npz or a class-folder tree"
     )
-    cl.add_argument("--tasks", type=int, default=5)
-    cl.add_argument(
-        "--methods",
-        default="janus,inflora,lora-gpm,seq-lora,joint,frozen",
-        help="comma-separated, from: " + ", ".join(list_methods()),
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and training")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
-    cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")
-    cl.add_argument("--quick", action="store_true", help="a preset that ends in minutes on 2 cores")
-    cl.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    cl.add_argument("--seed", type=int, default=0)
-    cl.add_argument(
+    parser.add_argument("--out", default=out, help="folder the results are written to")
+
+
+def _set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a training setting (learner.config.TrainConfig), e.g. --set lr=2e-4, "
-        "or a method field for every method, e.g. --set method.head=prototype",
+        help="override a training setting (learner.config.TrainConfig; repeatable), e.g. "
+        "--set lr=2e-4, or a method field for every method, e.g. --set method.head=prototype",
     )
-    cl.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    cl.add_argument("--out", default="runs/bench-cl")
-    cl.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="janus",
+        description="Continual-learning image classification with Janus-LoRA.",
+        epilog=EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"janus {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+
+    demo = add_command(sub, "demo", "a short class-incremental run on Fashion-MNIST (offline)")
+    _data_options(demo, "runs/demo")
+    demo.add_argument("--tasks", type=int, default=5, help="tasks the classes are split into")
+    demo.add_argument("--no-progress", action="store_true", help="draw no progress bars")
+    demo.set_defaults(func=_demo)
+
+    benches = add_command(sub, "bench", "benchmarks: accuracy, training step time, serving")
+    bench = benches.add_subparsers(
+        dest="bench", required=True, title="benchmarks", metavar="BENCHMARK"
+    )
+    methods = ", ".join(list_methods())
+    cl = add_command(bench, "cl", "class-incremental benchmark of every method on one split")
+    _data_options(cl, "runs/bench-cl")
+    cl.add_argument("--tasks", type=int, default=5, help="tasks the classes are split into")
+    cl.add_argument(
+        "--methods",
+        type=_methods,
+        default="janus,inflora,lora-gpm,seq-lora,joint,frozen",
+        help=f"comma-separated, from: {methods}",
+    )
+    cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")
+    cl.add_argument("--quick", action="store_true", help="a preset that ends in minutes on 2 cores")
+    cl.add_argument(
+        "--epochs", type=int, default=None, help="epochs per task (default: the preset's)"
+    )
+    _set_option(cl)
+    cl.add_argument("--no-progress", action="store_true", help="draw no progress bars")
     cl.set_defaults(func=_bench_cl)
 
-    step = bench.add_parser(
-        "step", help="training step time of methods, interleaved round by round, as ratios"
+    adapting = [m for m in list_methods() if get_method(m).adapt]
+    step = add_command(
+        bench, "step", "training step time of methods, interleaved round by round, as ratios"
     )
-    step.add_argument("--data", default="fashion-mnist")
-    step.add_argument("--methods", default="janus", help="comma-separated methods to time")
-    step.add_argument("--baseline", default="seq-lora", help="the ratios' denominator")
+    _data_options(step, "runs/bench-step")
+    step.add_argument(
+        "--methods",
+        type=_timed_methods,
+        default="janus",
+        help=f"comma-separated methods to time, from: {', '.join(adapting)}",
+    )
+    step.add_argument(
+        "--baseline",
+        choices=adapting,
+        default="seq-lora",
+        metavar="METHOD",
+        help="the method whose step time is the ratios' denominator",
+    )
     step.add_argument("--rounds", type=int, default=5, help="timed passes per method")
-    step.add_argument("--full", action="store_true", help="the full preset's data (default quick)")
-    step.add_argument("--seed", type=int, default=0)
-    step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    step.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    step.add_argument("--out", default="runs/bench-step")
+    step.add_argument(
+        "--full", action="store_true", help="the full preset's data (default: the quick one)"
+    )
+    _set_option(step)
     step.set_defaults(func=_bench_step)
 
     from adapters_store.cli import register as register_store
@@ -172,15 +257,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one `janus` command; returns its exit code (0 ok, 1 failure, 2 usage error)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
+    except BrokenPipeError:
+        # the reader went away (`janus history | head -1`): the recipe of the Python docs
+        # (signal module, "Note on SIGPIPE"): the rest of the output goes nowhere, exit 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # after --help or --version (0), or a usage error (2)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"janus: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("janus: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except (ServiceError, ValueError, OSError) as err:
+        print(f"janus: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: Exception) -> str:
+    """What went wrong, on one line, with what to do where that is known."""
+    if isinstance(err, SettingsError):
+        text = f"{err}; fix or unset it (`janus settings --markdown` lists every variable)"
+    elif isinstance(err, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}"
+            for e in err.errors()
+        )
+        text = f"invalid {err.title}: {problems}"
+    elif isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 `janus versions|activate|rollback|history|learn|jobs|cancel --url URL` send the request to the
 service (token: `--token` or `$JANUS_ADMIN_TOKEN`) instead of opening the store or Redis. A local
 dataset folder or archive given to `learn` is uploaded (a folder as tar.gz).
+
+The service's JSON is parsed back into the models the local commands print (`Manifest`,
+`AuditEntry`, `JobStatus`) and printed by the same functions: a table by default, JSON with
+`--json`, whichever way a command goes.
 """
 
 from __future__ import annotations
@@ -19,9 +23,30 @@ from typing import Any
 
 import httpx
 
+from adapters_store import AuditEntry, Manifest
+from adapters_store.cli import (
+    Listed,
+    print_entry,
+    print_history,
+    print_version,
+    print_versions,
+    wants_json,
+)
+from learner.jobs.cli import (
+    ProgressBar,
+    print_cancelled,
+    print_job,
+    print_jobs,
+    print_learned,
+    train_overrides,
+)
+from learner.jobs.client import JobStatus
 from service.client import ServiceError, admin_token, raise_for
 
 Handler = Callable[[argparse.Namespace], int]
+
+TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+"""Uploads and long answers may take minutes; a service that is not there fails fast."""
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -29,7 +54,7 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     if not token:
         raise ServiceError("the admin API needs a token: pass --token or set JANUS_ADMIN_TOKEN")
     return httpx.Client(
-        base_url=args.url, timeout=600, headers={"Authorization": f"Bearer {token}"}
+        base_url=args.url, timeout=TIMEOUT, headers={"Authorization": f"Bearer {token}"}
     )
 
 
@@ -38,7 +63,10 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         try:
             r = http.request(method, path, **kwargs)
         except httpx.HTTPError as err:
-            raise ServiceError(f"cannot reach the service at {args.url} ({err})") from None
+            raise ServiceError(
+                f"cannot reach the service at {args.url} ({err}); start it with `janus up`, "
+                "or check --url"
+            ) from None
         raise_for(r)
         return r.json()
 
@@ -52,16 +80,11 @@ def _archive(path: Path) -> tuple[str, bytes]:
     return f"{path.name}.tar.gz", buf.getvalue()
 
 
-def _learn(args: argparse.Namespace) -> Any:
-    from learner.jobs.cli import parse_setting
-
-    train = dict(parse_setting(item) for item in args.set)
-    if args.epochs:
-        train["epochs"] = args.epochs
+def _learn(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {
         "parent": args.parent,
         "method": args.method,
-        "train": train,
+        "train": train_overrides(args),
         "activation": args.activation,
         "gate_accuracy": args.gate_accuracy,
         "reason": args.reason,
@@ -71,7 +94,7 @@ def _learn(args: argparse.Namespace) -> Any:
     local = Path(args.path)
     if local.exists():
         name, data = _archive(local)
-        job = _call(
+        answer = _call(
             args,
             "POST",
             "/admin/learn",
@@ -79,58 +102,89 @@ def _learn(args: argparse.Namespace) -> Any:
             data={"request": json.dumps(fields)},
         )
     else:  # datasets/<sha256> or a path the workers can read
-        job = _call(args, "POST", "/admin/learn", json={**fields, "dataset": args.path})
-    while args.wait and job.get("state") not in ("succeeded", "failed", "cancelled"):
+        answer = _call(args, "POST", "/admin/learn", json={**fields, "dataset": args.path})
+    job = JobStatus.model_validate(answer)
+    bar = ProgressBar(not args.json or sys.stderr.isatty())
+    while args.wait and not job.final:
         time.sleep(1.0)
-        job = _call(args, "GET", f"/admin/jobs/{job['job_id']}")
-    return job
+        job = JobStatus.model_validate(_call(args, "GET", f"/admin/jobs/{job.job_id}"))
+        bar(job)
+    return print_learned(job, as_json=args.json)
 
 
-def _versions(args: argparse.Namespace) -> Any:
+def _versions(args: argparse.Namespace) -> int:
     if getattr(args, "id", None):
-        return _call(args, "GET", f"/admin/versions/{args.id}")
-    return _call(args, "GET", "/admin/versions")
+        answer = _call(args, "GET", f"/admin/versions/{args.id}")
+        manifest = Manifest.model_validate(answer["manifest"])
+        print_version(manifest, answer["lineage"], answer["serving"], as_json=wants_json(args))
+        return 0
+    listed: list[Listed] = []
+    serving = None
+    for item in _call(args, "GET", "/admin/versions"):
+        fields = {k: v for k, v in item.items() if k != "serving"}
+        if item.get("serving"):
+            serving = item["id"]
+        loaded = fields["error"] if "error" in fields else Manifest.model_validate(fields)
+        listed.append((item["id"], loaded))
+    return print_versions(listed, serving, as_json=wants_json(args), where=args.url)
 
 
-def _jobs(args: argparse.Namespace) -> Any:
+def _activate(args: argparse.Namespace) -> int:
+    body = {"actor": args.actor, "reason": args.reason}
+    answer = _call(args, "POST", f"/admin/versions/{args.id}/activate", json=body)
+    print_entry(AuditEntry.model_validate(answer), as_json=wants_json(args))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    body = {"to": args.to, "actor": args.actor, "reason": args.reason}
+    answer = _call(args, "POST", "/admin/rollback", json=body)
+    print_entry(AuditEntry.model_validate(answer), as_json=wants_json(args))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    entries = [AuditEntry.model_validate(e) for e in _call(args, "GET", "/admin/history")]
+    print_history(entries, as_json=wants_json(args))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
     if args.id:
-        return _call(args, "GET", f"/admin/jobs/{args.id}")
-    return _call(args, "GET", "/admin/jobs", params={"limit": args.limit})
+        job = JobStatus.model_validate(_call(args, "GET", f"/admin/jobs/{args.id}"))
+        print_job(job, as_json=args.json)
+        return 0
+    answer = _call(args, "GET", "/admin/jobs", params={"limit": args.limit})
+    print_jobs([JobStatus.model_validate(j) for j in answer], as_json=args.json)
+    return 0
 
 
-REMOTE: dict[str, Callable[[argparse.Namespace], Any]] = {
+def _cancel(args: argparse.Namespace) -> int:
+    job = JobStatus.model_validate(_call(args, "POST", f"/admin/jobs/{args.id}/cancel"))
+    return print_cancelled(job, as_json=args.json)
+
+
+REMOTE: dict[str, Handler] = {
     "versions": _versions,
-    "activate": lambda a: _call(
-        a, "POST", f"/admin/versions/{a.id}/activate", json={"actor": a.actor, "reason": a.reason}
-    ),
-    "rollback": lambda a: _call(
-        a, "POST", "/admin/rollback", json={"to": a.to, "actor": a.actor, "reason": a.reason}
-    ),
-    "history": lambda a: _call(a, "GET", "/admin/history"),
+    "activate": _activate,
+    "rollback": _rollback,
+    "history": _history,
     "learn": _learn,
     "jobs": _jobs,
-    "cancel": lambda a: _call(a, "POST", f"/admin/jobs/{a.id}/cancel"),
+    "cancel": _cancel,
 }
+"""Each command's `--url` twin; errors are `ServiceError`s (one line, exit 1, in `service.cli`)."""
 
 
 def _wrap(name: str, local: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        if not getattr(args, "url", None):
-            return local(args)
-        try:
-            answer = REMOTE[name](args)
-        except ServiceError as err:
-            print(f"janus: error: {err}", file=sys.stderr)
-            return 1
-        print(json.dumps(answer, indent=2, ensure_ascii=False))
-        failed = name == "learn" and answer.get("state") in ("failed", "cancelled")
-        return 1 if failed else 0
+        return REMOTE[name](args) if getattr(args, "url", None) else local(args)
 
     return run
 
 
 def add_url_options(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Gives every store and job command `--url` and `--token` (prints the service's JSON)."""
+    """Gives every store and job command `--url` and `--token`."""
     parsers: list[tuple[str, argparse.ArgumentParser]] = []
     for name in REMOTE:
         parser = subparsers.choices.get(name)
@@ -141,11 +195,15 @@ def add_url_options(subparsers: argparse._SubParsersAction) -> None:  # type: ig
             if isinstance(action, argparse._SubParsersAction):
                 parsers += [(name, p) for p in action.choices.values()]
     for name, parser in parsers:
+        # SUPPRESS: a nested parser's default must not overwrite its parent's value
         parser.add_argument(
-            "--url", default=argparse.SUPPRESS, help="go through a running service's admin API"
+            "--url",
+            default=argparse.SUPPRESS,
+            help="go through a running service's admin API (e.g. http://127.0.0.1:3000) "
+            "instead of the local store and Redis",
         )
         parser.add_argument(
-            "--token", default=argparse.SUPPRESS, help="admin token (default $JANUS_ADMIN_TOKEN)"
+            "--token", default=argparse.SUPPRESS, help="admin token (default: $JANUS_ADMIN_TOKEN)"
         )
         local = parser.get_default("func")
         if local is not None:
