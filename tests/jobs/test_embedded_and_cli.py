@@ -104,9 +104,24 @@ def test_cli_learn_wait_jobs_cancel(job_env: JobEnv, digits: LabeledBatch, tmp_p
 
     shown = _janus(job_env, "jobs", final["job_id"], "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == final["version"]
+    shown = _janus(job_env, "jobs", final["job_id"])  # fields, not JSON
+    fields = dict(line.split(maxsplit=1) for line in shown.stdout.splitlines())
+    assert (fields["job"], fields["state"], fields["version"]) == (
+        final["job_id"],
+        "succeeded",
+        final["version"],
+    )
     listed = _janus(job_env, "jobs", "--json")
     assert final["job_id"] in [j["job_id"] for j in json.loads(listed.stdout)]
-    late = _janus(job_env, "cancel", final["job_id"])
-    assert late.returncode == 1 and "already succeeded" in late.stderr
+    listed = _janus(job_env, "jobs", "--limit", "50")  # a table, newest first
+    header, *rows = listed.stdout.splitlines()
+    assert listed.returncode == 0 and header.split()[:2] == ["JOB", "STATE"]
+    assert rows[0].split()[:2] == [final["job_id"], "succeeded"] and final["version"] in rows[0]
+    for args in (["cancel", final["job_id"]], ["cancel", final["job_id"], "--json"]):
+        late = _janus(job_env, *args)
+        assert late.returncode == 1 and "already succeeded" in late.stderr and not late.stdout
     missing = _janus(job_env, "jobs", "no-such-job")
     assert missing.returncode == 1 and "no job" in missing.stderr
+    unknown = _janus(job_env, "cancel", "no-such-job")
+    assert unknown.returncode == 1 and "no job no-such-job" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

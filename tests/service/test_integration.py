@@ -235,56 +235,64 @@ def test_swap_under_load(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_cli_through_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--url` commands print the local commands' tables by default and JSON with `--json`."""
     from service.cli import main
 
     server = stack.server
     remote = ["--url", server.url, "--token", ADMIN]
+    if not server.get("/admin/versions", headers=server.admin).json():  # run alone (`-k cli`)
+        folder = stack.jobs.dataset(stack.digits, "cli01", ["digit0", "digit1"])
+        r = server.post(
+            "/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin
+        )
+        assert _wait_job(server, r.json()["job_id"])["state"] == "succeeded"
+    before = [v["id"] for v in server.get("/admin/versions", headers=server.admin).json()]
+    new = f"v{len(before) + 1:04d}"
+
     folder = stack.jobs.dataset(stack.digits, "cli4", ["digit4"])
-    assert (
-        main(
-            [
-                "learn",
-                str(folder),
-                "--wait",
-                "--epochs",
-                "1",
-                "--set",
-                "design_samples=64",
-                "--set",
-                "num_threads=1",
-                *remote,
-            ]
-        )
-        == 0
-    )
-    job = json.loads(capsys.readouterr().out)
-    assert job["state"] == "succeeded" and job["version"] == "v0003", job
-    server.wait_all_serving("v0003")
-    assert (
-        main(
-            [
-                "classify",
-                "--url",
-                server.url,
-                "--json",
-                "--top-k",
-                "1",
-                str(_png_file(stack, folder)),
-            ]
-        )
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out)["version"] == "v0003"
+    learn = ["learn", str(folder), "--wait", "--epochs", "1"]
+    learn += ["--set", "design_samples=64", "--set", "num_threads=1", *remote]
+    assert main(learn) == 0
+    fields = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert (fields["state"], fields["version"]) == ("succeeded", new), fields
+    server.wait_all_serving(new)
+
+    image = str(_png_file(stack, folder))
+    assert main(["classify", "--url", server.url, "--top-k", "1", image]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"version {new}"
+    assert main(["classify", "--url", server.url, "--json", "--top-k", "1", image]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == new
+
     assert main(["versions", *remote]) == 0
-    assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["v0001", "v0002", "v0003"]
-    assert main(["versions", "show", "v0003", *remote]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["ID", "PARENT", "CREATED"]
+    assert [r.split()[0] for r in rows] == [*before, new] and rows[-1].endswith("*")
+    assert main(["versions", "--json", *remote]) == 0
+    assert [v["id"] for v in json.loads(capsys.readouterr().out)] == [*before, new]
+    assert main(["versions", "show", new, *remote]) == 0
+    assert f"{new}  [serving]" in capsys.readouterr().out
+    assert main(["versions", "show", new, "--json", *remote]) == 0
     assert json.loads(capsys.readouterr().out)["lineage"][-1] == "v0001"
+
     assert main(["rollback", "--reason", "cli", *remote]) == 0
-    assert json.loads(capsys.readouterr().out)["to"] != "v0003"
+    out = capsys.readouterr().out
+    assert out.startswith("serving v") and f"(was {new})" in out
+    assert main(["activate", new, "--json", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)["to"] == new
     assert main(["history", *remote]) == 0
-    assert json.loads(capsys.readouterr().out)[-1]["reason"] == "cli"
+    last = capsys.readouterr().out.splitlines()[-2]
+    assert last.split()[2:4] == ["rollback", new] and last.rstrip().endswith("cli")
+    assert main(["history", "--json", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)[-2]["reason"] == "cli"
+
     assert main(["jobs", *remote]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 3
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["JOB", "STATE"] and new in rows[0]
+    assert main(["jobs", "--json", *remote]) == 0
+    jobs = json.loads(capsys.readouterr().out)
+    assert jobs[0]["version"] == new and all(j["state"] == "succeeded" for j in jobs)
+    assert main(["cancel", jobs[0]["job_id"], *remote]) == 1
+    assert "already succeeded" in capsys.readouterr().err
     assert main(["activate", "v0099", *remote]) == 1  # the service's 404, as an error
     assert "v0099" in capsys.readouterr().err
 
