@@ -1,15 +1,11 @@
 """The `janus` command line: benchmarks, the demo run, and every command of the store, the job
 pipeline and the service, in one parser.
 
-Exit codes, for every command:
-
-    0  it did what was asked
-    1  it failed: one line on stderr says why and what to do (an unreachable Redis or service, a
-       missing file, an invalid JANUS_* setting, a store error), or a check or job failed
-    2  usage error: argparse's own (an unknown option, a missing argument, an unknown method)
-
-Errors a user can hit never end in a traceback; `janus ... | head -1` neither (a closed pipe
-silences the rest of the output and exits 1, as the Python docs recommend for SIGPIPE).
+Every command exits 0 when it did what was asked, 1 when it failed, 2 on a usage error (argparse's
+own: an unknown option, a missing argument, an unknown method); `EXIT_CODES` says so in `--help`.
+A failure a user can hit (an unreachable Redis or service, a missing file, an invalid `JANUS_*`
+setting, a store error) is one line on stderr that says what to do, never a traceback; neither is
+a reader that goes away (`janus history | head -1`).
 """
 
 from __future__ import annotations
@@ -30,10 +26,11 @@ from learner.methods import get_method, list_methods
 from service.client import ServiceError
 
 EXIT_CODES = """exit codes:
-  0  success
-  1  failure: one line on stderr says why (unreachable Redis or service, missing file,
-     invalid JANUS_* setting, store error), or a check or learn job failed
-  2  usage error (bad arguments)"""
+  0    success
+  1    failure: one line on stderr says why (unreachable Redis or service, missing file,
+       invalid JANUS_* setting, store error), or a check or learn job failed
+  2    usage error (bad arguments)
+  130  interrupted (Ctrl-C)"""
 
 
 def _progress_bars(enabled: bool):  # type: ignore[no-untyped-def]

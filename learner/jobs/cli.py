@@ -35,6 +35,7 @@ from learner.config import TrainConfig
 from learner.jobs.app import create_app, resolve_redis
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
 from learner.jobs.intake import STAGED, stage_dataset
+from learner.jobs.redis_embedded import RedisUnavailable
 from learner.jobs.settings import JobSettings
 from learner.methods import list_methods
 
@@ -171,13 +172,16 @@ def _app(settings: JobSettings) -> Celery:
 
 
 def _redis_guard(handler: Handler) -> Handler:
-    """Runs a command; a Redis that does not answer becomes one line and exit 1."""
+    """Runs a command; a Redis that does not answer or start becomes one line and exit 1."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
         except (redis.RedisError, OperationalError) as err:
             print(f"janus: error: {_unreachable(err)}", file=sys.stderr)
+            return 1
+        except RedisUnavailable as err:  # no embedded Redis could be started
+            print(f"janus: error: {' '.join(str(err).split())}", file=sys.stderr)
             return 1
 
     return run
@@ -307,7 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="LEVEL",
         help=f"Celery's log level: {', '.join(LOG_LEVELS)}",
     )
-    worker.set_defaults(func=_worker)
+    worker.set_defaults(func=_redis_guard(_worker))
 
     learn = add_command(subparsers, "learn", "queue a learn job for a labeled batch")
     learn.add_argument(

@@ -24,8 +24,10 @@ import pytest
 from adapters_store import open_store
 from adapters_store.cli import HelpFormatter
 from learner.data import LabeledBatch
+from learner.jobs import cli as jobs_cli
 from learner.jobs.cli import print_cancelled, print_jobs, print_learned
 from learner.jobs.client import JobStatus
+from learner.jobs.redis_embedded import RedisUnavailable
 from service import client, commands, envdoc, remote
 from service.cli import build_parser, main
 from tests.service.conftest import ADMIN, Api, make_api, png
@@ -112,8 +114,8 @@ def test_every_command_explains_every_option_and_shows_its_default(
 
 def test_help_names_the_methods_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    text = capsys.readouterr().out
-    assert "exit codes:" in text and "2  usage error" in text and "1  failure" in text
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 success 1 failure" in text and "2 usage error" in text
     assert main(["learn", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "janus, janus-no-oe" in text and "(default: janus)" in text and "design_samples" in text
@@ -157,6 +159,22 @@ def test_learn_with_an_unreachable_redis_fails_in_one_line(
     (tmp_path / "batch" / "cat" / "a.png").write_bytes(b"not read here")
     done = janus(home, "learn", str(tmp_path / "batch"), JANUS_REDIS_URL=f"redis://{UNREACHABLE}/0")
     assert f"cannot reach Redis at redis://{UNREACHABLE}/0" in one_error_line(done)
+
+
+def test_an_embedded_redis_that_cannot_start_is_one_line(
+    home: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_redis(settings: object) -> None:
+        raise RedisUnavailable("no redis-server in this virtualenv;\npoint JANUS_REDIS_URL at one")
+
+    for name, value in home.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(jobs_cli, "resolve_redis", no_redis)
+    for command in (["jobs"], ["worker"], ["cancel", "job-1"]):
+        assert main(command) == 1
+        assert capsys.readouterr().err == (
+            "janus: error: no redis-server in this virtualenv; point JANUS_REDIS_URL at one\n"
+        )
 
 
 @pytest.mark.parametrize(
