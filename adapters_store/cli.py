@@ -196,7 +196,7 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
         "--store",
         default=argparse.SUPPRESS,
         metavar="URI",
-        help="store path or URI (file://, s3://bucket/prefix) (default: $JANUS_STORE, "
+        help="the store: a path, file://… or s3://bucket/prefix (default: $JANUS_STORE, "
         "else $JANUS_DATA_DIR/store)",
     )
 

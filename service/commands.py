@@ -94,7 +94,7 @@ def register(
     )
     up.add_argument("--port", type=int, default=3000, help="port of the service")
     up.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface"
     )
     up.add_argument("--workers", type=int, default=2, help="service worker processes")
     up.set_defaults(func=_up)
@@ -110,7 +110,7 @@ def register(
         subparsers,
         "settings",
         "every JANUS_* variable: the value in effect and where it comes from",
-        description="Every JANUS_* variable: the value in effect (secrets as set/unset) and "
+        description="Every JANUS_* variable: the value in effect (secrets as set/unset) and\n"
         "whether it comes from the environment or the default.",
     )
     form = settings.add_mutually_exclusive_group()
