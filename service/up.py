@@ -79,7 +79,7 @@ def _wait_ready(url: str, children: list[Child], timeout: float) -> None:
 def _learn_first(settings: JobSettings, redis_url: str) -> None:
     from learner.config import BackboneConfig
     from learner.jobs.app import create_app
-    from learner.jobs.cli import _Bar
+    from learner.jobs.cli import ProgressBar
     from learner.jobs.client import LearnRequest, submit, wait
     from learner.jobs.intake import stage_dataset
 
@@ -93,7 +93,7 @@ def _learn_first(settings: JobSettings, redis_url: str) -> None:
         reason="janus up: first task from examples/fashion-mnist/task1",
     )
     print("janus: empty store; learning a first version from examples/ (a minute or two)")
-    final = wait(app, submit(app, request), on_update=_Bar(sys.stderr.isatty()))
+    final = wait(app, submit(app, request), on_update=ProgressBar(sys.stderr.isatty()))
     app.close()
     if final.state != "succeeded":
         raise RuntimeError(f"the first learn job {final.state}: {final.error}")

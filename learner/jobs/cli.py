@@ -160,9 +160,6 @@ class ProgressBar:
             self.bar.close()
 
 
-_Bar = ProgressBar  # the name `service.up` imports
-
-
 # --- the commands -----------------------------------------------------------------------------
 
 
