@@ -127,7 +127,7 @@ def print_versions(
             if not isinstance(m, Manifest):
                 rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", mark])
                 continue
-            accuracy = f"{m.accuracy:.2f}" if m.accuracy is not None else "-"
+            accuracy = f"{m.accuracy:.4g}" if m.accuracy is not None else "-"
             created = m.created_at.strftime("%Y-%m-%d %H:%M:%S")
             added = shorten(", ".join(m.new_classes) or "-")
             rows.append([vid, m.parent or "-", created, added, accuracy, mark])
