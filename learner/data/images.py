@@ -86,26 +86,16 @@ def open_image(
     Raises:
         ImageError: empty, unsupported format, too many pixels, or a header that does not parse.
     """
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageError("empty", f"{name}: empty file")
-        fh: io.BytesIO | Path = io.BytesIO(source)
-        head = source[:16]
-    else:
-        fh = Path(source)
-        try:
-            with open(fh, "rb") as raw:
-                head = raw.read(16)
-        except OSError as err:
-            raise ImageError("corrupt", f"{name}: cannot read ({err})") from None
-        if not head:
-            raise ImageError("empty", f"{name}: empty file")
+    fh = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
     allowed = ", ".join(formats)
     try:
         with warnings.catch_warnings():  # our own pixel limit applies below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fh, formats=None)
     except UnidentifiedImageError:
+        head = source[:16] if isinstance(source, bytes) else _head(Path(source))
+        if not head:
+            raise ImageError("empty", f"{name}: empty file") from None
         announced = sniff(head)
         if announced in formats:
             raise ImageError(
@@ -134,6 +124,17 @@ def open_image(
     if side is not None and im.format == "JPEG":
         im.draft(im.mode, (side, side))  # DCT scaling: never below side, far less memory
     return im
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file PIL could not identify (to tell corrupt from unsupported)."""
+    with open(path, "rb") as raw:
+        return raw.read(16)
+
+
+def to_image(pixels: np.ndarray) -> Image.Image:
+    """uint8 (H, W, 1 or 3) pixels as a PIL image ("L" or "RGB")."""
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def decode(im: Image.Image, name: str) -> Image.Image:
@@ -194,8 +195,7 @@ def array_pixels(image: np.ndarray, side: int) -> np.ndarray:
     """Step 3 for an image already decoded to uint8 (H, W, C): the same resize, as (S, S, C)."""
     if image.shape[:2] == (side, side):
         return image
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    return resize(pil, side)
+    return resize(to_image(image), side)
 
 
 def model_input(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

@@ -22,7 +22,15 @@ from PIL import Image
 
 from learner.data.archives import ARCHIVE_SUFFIXES, archive_root, extract_archive, visible
 from learner.data.batch import DataError, LabeledBatch
-from learner.data.images import IMAGE_FORMATS, MAX_PIXELS, ImageError, decode, open_image, resize
+from learner.data.images import (
+    IMAGE_FORMATS,
+    MAX_PIXELS,
+    ImageError,
+    decode,
+    open_image,
+    resize,
+    to_image,
+)
 
 GiB = 1 << 30
 IMAGE_EXTENSIONS = frozenset(
@@ -166,8 +174,8 @@ def _read(path: Path, shown: str, side: int | None, max_pixels: int) -> Image.Im
         im = open_image(path, name=shown, side=side, formats=DATASET_FORMATS, max_pixels=max_pixels)
         return decode(im, shown)
     except ImageError as err:
-        fix = "or remove it" if err.kind == "too_large" else "; replace or remove the file"
-        raise DataError(f"{err} {fix}" if err.kind == "too_large" else f"{err}{fix}") from None
+        fix = " or remove it" if err.kind == "too_large" else "; replace or remove the file"
+        raise DataError(f"{err}{fix}") from None
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -268,6 +276,5 @@ def write_class_folders(batch: LabeledBatch, out_dir: str | os.PathLike[str]) ->
         (out / name).mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(len(batch))))
     for i, (img, label) in enumerate(zip(batch.images, batch.labels, strict=True)):
-        pil = Image.fromarray(img[..., 0]) if img.shape[-1] == 1 else Image.fromarray(img)
-        pil.save(out / batch.class_names[label] / f"{i:0{width}d}.png")
+        to_image(img).save(out / batch.class_names[label] / f"{i:0{width}d}.png")
     return out
