@@ -4,7 +4,7 @@ The pixels come from `learner.data.images`, the one image path that serving take
 upright, resized to the model's side. This module is that path's last step in torch (the twin of
 `images.model_input`: float (B, 3, S, S) with values 0–255) plus training's augmentation.
 Normalisation by the backbone's mean and std is the model's own first step
-(`ContinualModel.normalize`), so it is part of the exported ONNX graph.
+(`ContinualModel.normalize_pixels`), so it is part of the exported ONNX graph.
 """
 
 from __future__ import annotations

@@ -81,9 +81,9 @@ def _timed_methods(text: str) -> tuple[str, ...]:
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """`--set KEY=VALUE` settings, plus `--threads`."""
-    from learner.jobs.cli import parse_setting
+    from learner.jobs.cli import parse_settings
 
-    overrides = dict(parse_setting(item) for item in args.set)
+    overrides = parse_settings(args.set)
     if args.threads:
         overrides["num_threads"] = args.threads
     return overrides

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from adapters_store.cli import add_command, print_json, print_table
+from adapters_store.settings import DEFAULT_DATA_DIR
 from service.client import DEFAULT_URL, ServiceError, classify
 
 
@@ -90,7 +91,7 @@ def register(
     up.add_argument(
         "--data-dir",
         default=None,
-        help="store, Redis, logs (default: $JANUS_DATA_DIR, else ~/.local/share/janus)",
+        help=f"store, Redis, logs (default: $JANUS_DATA_DIR, else {DEFAULT_DATA_DIR})",
     )
     up.add_argument("--port", type=int, default=3000, help="port of the service")
     up.add_argument(

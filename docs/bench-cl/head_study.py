@@ -29,7 +29,7 @@ from learner.bench import BenchConfig, _train_config, initial_state, load_split
 from learner.data import Task
 from learner.head import ClassStatistics, cosine_head, linear_logits
 from learner.inputs import to_uint8_tensor
-from learner.jobs.cli import parse_setting
+from learner.jobs.cli import parse_settings
 from learner.state import ContinualModel, build_model
 from learner.train import extract_features, learn_task
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = dict(parse_setting(item) for item in args.set)
+    overrides = parse_settings(args.set)
     cfg = BenchConfig(
         preset=args.preset, train_overrides={"num_threads": args.threads, **overrides}
     )

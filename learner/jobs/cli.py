@@ -34,7 +34,7 @@ from adapters_store.cli import (
 from learner.config import TrainConfig
 from learner.jobs.app import create_app, resolve_redis
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
-from learner.jobs.intake import STAGED, stage_dataset
+from learner.jobs.intake import STAGED, stage_dataset, under_roots
 from learner.jobs.redis_embedded import RedisUnavailable
 from learner.jobs.settings import JobSettings
 from learner.methods import list_methods
@@ -53,6 +53,11 @@ def parse_setting(item: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """Every `--set KEY=VALUE` as a dict (a later KEY wins)."""
+    return dict(parse_setting(item) for item in items)
 
 
 # --- what the commands print (shared with `service.remote`) -----------------------------------
@@ -233,7 +238,7 @@ def _dataset_ref(path: str, settings: JobSettings) -> str:
             f"{path}: no such file or folder; pass a class-folder tree, a zip/tar archive, "
             "an .npz, or datasets/<sha256>"
         )
-    if any(real == root or root in real.parents for root in settings.allowed_roots):
+    if under_roots(real, settings.allowed_roots):
         return str(real)
     ref = stage_dataset(real, settings.store_uri)
     print(f"janus: staged {path} in the store as {ref}", file=sys.stderr)
@@ -242,7 +247,7 @@ def _dataset_ref(path: str, settings: JobSettings) -> str:
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields `learn` overrides: `--set KEY=VALUE`s and `--epochs`."""
-    train = dict(parse_setting(item) for item in args.set)
+    train = parse_settings(args.set)
     if args.epochs:
         train["epochs"] = args.epochs
     return train

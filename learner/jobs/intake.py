@@ -111,7 +111,8 @@ def _fetch_staged(digest: str, store_uri: str, max_bytes: int) -> Iterator[Path]
         yield path
 
 
-def _under(path: Path, roots: Sequence[Path]) -> bool:
+def under_roots(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether a resolved path is one of `roots` or inside one."""
     return any(path == root or root in path.parents for root in roots)
 
 
@@ -132,7 +133,7 @@ def open_dataset(
             "(datasets/<sha256>) are accepted; stage it with `janus learn PATH`"
         )
     path = Path(os.path.realpath(raw))
-    if not _under(path, roots):
+    if not under_roots(path, roots):
         allowed = ", ".join(str(r) for r in roots)
         raise DataError(
             f"dataset {ref!r} is outside the allowed dataset roots ({allowed}); move it there, "

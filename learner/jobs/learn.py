@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from adapters_store import Manifest, StoreError, VersionStore, open_store
 from learner.data import DataError, LabeledBatch, holdout_split
+from learner.jobs.app import app_settings
 from learner.jobs.client import LearnRequest, announce, attempts_key, cancel_key
 from learner.jobs.intake import load_new_classes, open_dataset
 from learner.jobs.settings import JobSettings
@@ -82,10 +83,6 @@ class _Reporter:
             "eta_s": p.eta_s if math.isfinite(p.eta_s) else None,
         }
         self.job.update_state(state="PROGRESS", meta=meta)
-
-
-def _settings(job: CeleryTask) -> JobSettings:
-    return JobSettings.from_env({}, **job.app.conf.janus_settings)
 
 
 def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
@@ -237,7 +234,7 @@ def _result(
 def learn_job(job: CeleryTask, **kwargs: Any) -> dict[str, Any]:
     """The body of `janus.learn` (bound: `job` is the Celery task; kwargs: a LearnRequest)."""
     job_id = str(job.request.id)
-    settings = _settings(job)
+    settings = app_settings(job.app)
     with redis.Redis.from_url(str(job.app.conf.broker_url)) as client:
         return _run(job, client, job_id, settings, kwargs)
 
