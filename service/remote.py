@@ -118,14 +118,12 @@ def _versions(args: argparse.Namespace) -> int:
         manifest = Manifest.model_validate(answer["manifest"])
         print_version(manifest, answer["lineage"], answer["serving"], as_json=wants_json(args))
         return 0
-    listed: list[Listed] = []
-    serving = None
-    for item in _call(args, "GET", "/admin/versions"):
-        fields = {k: v for k, v in item.items() if k != "serving"}
-        if item.get("serving"):
-            serving = item["id"]
-        loaded = fields["error"] if "error" in fields else Manifest.model_validate(fields)
-        listed.append((item["id"], loaded))
+    answer = _call(args, "GET", "/admin/versions")  # manifests, each with `serving`
+    listed: list[Listed] = [
+        (item["id"], Manifest.model_validate({k: v for k, v in item.items() if k != "serving"}))
+        for item in answer
+    ]
+    serving = next((item["id"] for item in answer if item["serving"]), None)
     return print_versions(listed, serving, as_json=wants_json(args), where=args.url)
 
 
