@@ -19,13 +19,12 @@ import numpy as np
 import onnx
 import torch
 
+from learner.data.images import MODEL_INPUT
 from learner.state import ContinualModel
 
 INPUT = "images"
 OUTPUT = "logits"
 OPSET = 17
-PIXELS = "rgb-0-255"
-"""`janus.input`: the graph takes RGB pixel values 0–255 and normalises them itself."""
 
 
 class ExportError(RuntimeError):
@@ -61,7 +60,7 @@ def export_onnx(model: ContinualModel, class_names: Sequence[str] = ()) -> bytes
             )
         proto = onnx.load(str(path))
     meta = {
-        "janus.input": PIXELS,
+        "janus.input": MODEL_INPUT,
         "janus.input_size": str(model.spec.size),
         "janus.mean": json.dumps(list(model.spec.mean)),
         "janus.std": json.dumps(list(model.spec.std)),

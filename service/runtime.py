@@ -16,6 +16,7 @@ import numpy as np
 
 from adapters_store import VersionStore
 from adapters_store.manifest import ONNX
+from learner.data.images import MODEL_INPUT
 from service.config import Engine
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -56,7 +57,7 @@ def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
     # Versions exported before the graph normalised its input (no `janus.input`) take
     # (x / 255 − mean) / std; the same normalisation, done here instead of in the graph.
     legacy = "janus.input" not in meta
-    if not legacy and meta["janus.input"] != "rgb-0-255":
+    if not legacy and meta["janus.input"] != MODEL_INPUT:
         raise ValueError(
             f"version {version}: model.onnx takes input {meta['janus.input']!r}, which this "
             "service does not know; upgrade the service"

@@ -34,6 +34,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 """Formats accepted by default (PIL names), for classify requests and datasets alike."""
 
+MODEL_INPUT = "rgb-0-255"
+"""The ONNX metadata `janus.input` of step 4's convention: RGB pixel values 0–255, the graph
+normalises them itself."""
+
 MAX_PIXELS = 40_000_000
 """Largest width × height accepted by default; below PIL's own bomb warning (≈ 89 M)."""
 
