@@ -11,6 +11,7 @@ exclusively, so two publishers never get the same id and one key never gets two 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from adapters_store import paths
 from adapters_store._backend import STAGING, Backend
@@ -27,10 +28,13 @@ def is_id(name: str) -> bool:
 
 
 class Reservations:
-    """The `ids/` and `keys/` records of one store."""
+    """The `ids/` and `keys/` records of one store; `is_committed(id)` asks the store whether a
+    version is complete (one manifest read, cached), rather than listing every version."""
 
-    def __init__(self, backend: Backend, settings: StoreSettings) -> None:
-        self._backend, self.settings = backend, settings
+    def __init__(
+        self, backend: Backend, settings: StoreSettings, is_committed: Callable[[str], bool]
+    ) -> None:
+        self._backend, self.settings, self._is_committed = backend, settings, is_committed
 
     def claim(self, key: str) -> KeyClaim | None:
         """The claim on an idempotency key, if any (a torn record reads as None)."""
@@ -47,7 +51,7 @@ class Reservations:
         while True:
             with self._backend.lock("publish", self.settings):
                 claim = self.claim(key) if key else None
-                if claim is not None and claim.id in self._backend.committed():
+                if claim is not None and self._is_committed(claim.id):
                     return claim.id, True
                 if claim is None or not claim.owner.alive(self.settings.stale_after_s):
                     version_id = self._next_id(owner)

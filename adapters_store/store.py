@@ -94,7 +94,7 @@ class VersionStore:
     def __init__(self, backend: Backend, settings: StoreSettings | None = None) -> None:
         self._backend = backend
         self.settings = settings or StoreSettings.from_env()
-        self._ids = Reservations(backend, self.settings)
+        self._ids = Reservations(backend, self.settings, self._is_committed)
         self._pointer = ServingPointer(backend, self.settings)
         self._manifests: dict[str, Manifest] = {}  # versions are immutable: safe to cache
 
