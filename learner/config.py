@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WeightsSource = Literal["hub", "file", "efficientnet-lite0", "none"]
 AInit = Literal["design", "random"]
+UpdateKind = Literal["adam", "adam-projected", "adam-reprojected", "gr"]
 HeadKind = Literal["lda", "prototype", "trained"]
 
 
@@ -77,7 +78,12 @@ class MethodConfig(_Strict):
         description="basis from the running C = S/N over all tasks (DESIGN.md §3); False: from "
         "this task's inputs only, as GPM and InfLoRA do",
     )
-    rectify: bool = Field(True, description="GR: Adam on the safe full-weight update g Q")
+    update: UpdateKind = Field(
+        "gr",
+        description="how the factors move (learner.updates): 'gr' Gradient Rectification; "
+        "'adam-projected' A's gradient projected by Q before Adam (LoRA-GPM as published); "
+        "'adam-reprojected' Adam then A ← A Q; 'adam' plain Adam",
+    )
     margin_loss: bool = Field(True, description="DML against earlier classes' prototypes")
     train_a: bool = Field(True, description="False freezes A (InfLoRA)")
     joint: bool = Field(False, description="all tasks at once (upper bound, benchmark only)")
@@ -98,9 +104,9 @@ class TrainConfig(_Strict):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(5e-4, gt=0, description="Adam learning rate of the factors (without GR)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the factors (without GR)")
     gr_lr: float = Field(
-        5e-5, gt=0, description="GR step size η on the full weight (U is an Adam direction on W)"
+        1e-4, gt=0, description="GR step size η on the full weight (U is an Adam direction on W)"
     )
     head_lr: float = Field(5e-3, gt=0, description="learning rate of the new head rows")
     weight_decay: float = Field(0.0, ge=0)
@@ -116,8 +122,12 @@ class TrainConfig(_Strict):
         0.3, ge=0, le=1, description="LDA head: covariance shrinkage toward a scaled identity"
     )
     dml_lambda: float = Field(0.5, ge=0)
-    dml_margin: float = Field(
-        0.8, ge=-1, le=1, description="DML pushes only features closer than this to an old class"
+    dml_margin: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="DML pushes only features closer than this to an old class; None: per old "
+        "class from its statistics, below its own samples' typical cosine (DESIGN.md §3)",
     )
     augment: bool = Field(True, description="random horizontal flip and small shifts")
     seed: int = 0
@@ -125,6 +135,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.method.update != "adam" and not self.method.protect:
+            raise ValueError(
+                f"update={self.method.update!r} projects onto the protected subspace; "
+                "it needs protect=True"
+            )
         if self.eps_end < self.eps_start:
             raise ValueError("eps_end must be >= eps_start (the threshold rises over tasks)")
         return self

@@ -29,7 +29,8 @@ def prepare(
 ) -> torch.Tensor:
     """uint8 (B, C, S, S), C ∈ {1, 3} → float (B, 3, S, S), pixel values 0–255.
 
-    Augmentation (training only): random horizontal flip and a shift of up to 1/8 of the side.
+    Augmentation (training only): for each image its own random horizontal flip and its own
+    shift of up to 1/8 of the side (edges replicated).
     """
     if images.shape[-2:] != (side, side):
         raise ValueError(
@@ -45,6 +46,11 @@ def prepare(
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         pad = max(side // 8, 1)
         padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (B, 3, S+2p, S+2p)
-        dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-        x = padded[:, :, dy : dy + side, dx : dx + side]
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)  # (B,) each
+        offsets = torch.arange(side)
+        rows = (dy[:, None] + offsets)[:, None, :, None]  # (B, 1, S, 1)
+        cols = (dx[:, None] + offsets)[:, None, None, :]  # (B, 1, 1, S)
+        x = padded[
+            torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols
+        ]
     return x.contiguous()

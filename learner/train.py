@@ -1,11 +1,13 @@
 """One call learns one task: (state, labeled batch, config) → (new state, metrics).
 
-The loop is the same for every method (DESIGN.md §3, 'Methods in one code path'); the method
-config switches its parts: how A starts (design / random), whether A M = 0 is kept, Online
-Estimation or an extra pass at task end, Gradient Rectification or plain Adam on the factors,
-and the Decoupled Margin Loss. Only the current task's factors and new head rows train; the
-backbone stays in eval mode (BatchNorm statistics and dropout frozen). Nothing here knows Celery
-or the store.
+A task reads as its three phases (DESIGN.md §3, 'Methods in one code path'): task start
+(`_start_task`: A designed from the new inputs, or random), the step loop (`_train`: the factors
+move by the method's update rule, `learner.updates`), task end (`_finish_task`: interference
+measured, ΔW merged, class statistics, basis growth, head). The method config switches the
+parts: how A starts, whether A M = 0 is kept, Online Estimation or an extra pass at task end,
+the update rule, and the Decoupled Margin Loss. Only the current task's factors and new head
+rows train; the backbone stays in eval mode (BatchNorm statistics and dropout frozen). Nothing
+here knows Celery or the store.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,13 +37,18 @@ from learner.janus.estimation import (
     SubspaceState,
     design_a,
     expand_basis,
-    project_out,
     random_a,
 )
-from learner.janus.margin import class_prototypes, decoupled_margin_loss
-from learner.janus.rectification import GradientRectifier
+from learner.janus.margin import (
+    class_prototypes,
+    data_margins,
+    decoupled_margin_loss,
+    invasion_share,
+)
+from learner.lora.layer import LoRALayer
 from learner.lora.model import get_factors
 from learner.state import ContinualModel, LearnerState, build_model
+from learner.updates import make_update_rule
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class TaskResult:
     state: LearnerState
     metrics: dict[str, float]
     model: ContinualModel
+    layer_violation: dict[str, float] = field(default_factory=dict)  # by layer, NaN: task 1
 
 
 class TrainingCancelled(RuntimeError):
@@ -151,115 +160,173 @@ def _check_new_classes(state: LearnerState, batch: LabeledBatch) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Streams:
+    """Independent random streams of one task: `data` (order, augmentation, design picks)
+    draws the same numbers for every method, `method` (random A, OE token subsampling) varies
+    with it, so an ablation never changes the data a task sees."""
+
+    data: torch.Generator
+    method: torch.Generator
+
+    @classmethod
+    def for_task(cls, seed: int, task: int) -> Streams:
+        data, method = np.random.SeedSequence([seed, task]).spawn(2)
+        return cls(
+            *(torch.Generator().manual_seed(int(s.generate_state(1)[0])) for s in (data, method))
+        )
+
+
+@dataclass
+class _Task:
+    """One task's working set: the model, its data at the model's side, the protected bases."""
+
+    state: LearnerState
+    batch: LabeledBatch
+    cfg: TrainConfig
+    model: ContinualModel
+    images: torch.Tensor  # (N, C, S, S) uint8
+    labels: torch.Tensor  # (N,) local 0..k-1
+    old_sub: dict[str, SubspaceState]  # every layer's subspace before the task
+    bases: dict[str, torch.Tensor]  # M (n, k) per layer; (n, 0) for unprotected methods
+    streams: Streams
+
+    @property
+    def k_new(self) -> int:
+        return len(self.batch.class_names)
+
+
 def learn_task(
     state: LearnerState,
     batch: LabeledBatch,
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
 ) -> TaskResult:
-    """Learn the classes of `batch` as a new task on top of `state`.
+    """Learn the classes of `batch` as a new task on top of `state`: task start, the step loop,
+    task end.
 
     Returns:
-        The new state (the old one is not modified), training metrics (train_s, step_s: mean
-        seconds per optimisation step, steps, loss, basis_dims: basis columns over all layers,
-        head_temperature: the LDA head's fitted temperature, 1 for the cosine heads)
-        and the working model with the task merged and the head grown.
+        The new state (the old one is not modified), training metrics and the working model
+        with the task merged and the head grown. Metrics: train_s, step_s (mean seconds per
+        optimisation step), steps, loss, basis_dims (basis columns over all layers),
+        head_temperature (the LDA head's fitted temperature, 1 for the cosine heads),
+        violation and drift (means over layers of `interference`: the relative output change
+        on the protected subspace and on all earlier inputs; per layer in
+        `TaskResult.layer_violation`; NaN on the first task) and invasion (the share of
+        the task's features inside an old class's region, `learner.janus.margin`; NaN on the
+        first task).
     """
     _check_new_classes(state, batch)
-    method, task = cfg.method, state.num_tasks
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed * 7919 + task)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + task)
-    report = progress or (lambda _p: None)
-
+    torch.manual_seed(cfg.seed * 7919 + state.num_tasks)
     model = build_model(state)
-    layers = model.layers
-    images = to_uint8_tensor(batch.resized(model.spec.size).images)  # (N, C, S, S) uint8
-    labels = torch.from_numpy(batch.labels).long()  # (N,) local 0..k-1
-    n, k_new = len(labels), len(batch.class_names)
-
     old_sub = {
         name: state.subspace.get(name) or SubspaceState.empty(layer.in_features)
-        for name, layer in layers.items()
+        for name, layer in model.layers.items()
     }
-    bases = {
-        name: old_sub[name].basis if method.protect else torch.zeros(layer.in_features, 0)
-        for name, layer in layers.items()
-    }
-
-    # Task start: one no-grad pass over ≤ design_samples images (balanced over the new classes)
-    # gives C_new for A = top-r eigenvectors of Q C_new Q, and the new classes' mean features
-    # that initialise their head rows (imprinting, ours). The fallback A is a Gaussian A·Q.
+    task = _Task(
+        state=state,
+        batch=batch,
+        cfg=cfg,
+        model=model,
+        images=to_uint8_tensor(batch.resized(model.spec.size).images),
+        labels=torch.from_numpy(batch.labels).long(),
+        old_sub=old_sub,
+        bases={
+            name: sub.basis if cfg.method.protect else torch.zeros(sub.basis.shape[0], 0)
+            for name, sub in old_sub.items()
+        },
+        streams=Streams.for_task(cfg.seed, state.num_tasks),
+    )
+    report = progress or (lambda _p: None)
     report(Progress("design", 0, cfg.epochs, 0, 0, math.nan, 0.0, math.nan))
-    pick = _balanced_pick(labels, k_new, cfg.design_samples, gen)
-    design = method.a_init == "design"
-    design_accs = _attach_accumulators(model, cfg.oe_max_tokens, gen) if design else {}
-    init_feats = extract_features(model, images[pick])  # (P, d)
+    head_w = _start_task(task)
+    run = _train(task, head_w, report) if cfg.method.adapt else _Run(0, [], math.nan, 0.0, {})
+    report(Progress("finalize", cfg.epochs, cfg.epochs, run.steps, run.steps, run.loss, 0, 0))
+    return _finish_task(task, head_w, run)
+
+
+def _start_task(task: _Task) -> nn.Parameter:
+    """Task start: A for every layer, and the new classes' head rows (returned, trainable).
+
+    One no-grad pass over ≤ design_samples images (balanced over the new classes) gives C_new
+    for A = top-r eigenvectors of Q C_new Q, and the new classes' mean features that initialise
+    their head rows (imprinting, ours). The fallback A is a Gaussian A·Q.
+    """
+    cfg, model, gens = task.cfg, task.model, task.streams
+    pick = _balanced_pick(task.labels, task.k_new, cfg.design_samples, gens.data)
+    design = cfg.method.a_init == "design"
+    accs = _attach_accumulators(model, cfg.oe_max_tokens, gens.method) if design else {}
+    init_feats = extract_features(model, task.images[pick])  # (P, d)
     _detach_accumulators(model)
-    for name, layer in layers.items():
+    for name, layer in model.layers.items():
         if design:
-            a = design_a(bases[name], design_accs[name].covariance(), layer.rank)
+            a = design_a(task.bases[name], accs[name].covariance(), layer.rank)
         else:
-            a = random_a(bases[name], layer.in_features, layer.rank, gen)
+            a = random_a(task.bases[name], layer.in_features, layer.rank, gens.method)
         layer.reset_factors(a)
+    return nn.Parameter(class_prototypes(init_feats, task.labels[pick], task.k_new))  # (k, d)
 
-    # What trains: the new head rows and the current factors (through GR or Adam).
-    head_w = nn.Parameter(class_prototypes(init_feats, labels[pick], k_new))  # (k, d)
+
+@dataclass
+class _Run:
+    """What the step loop leaves: steps, step times, last loss, seconds, OE accumulators."""
+
+    steps: int
+    step_times: list[float]
+    loss: float
+    train_s: float
+    online: dict[str, CovarianceAccumulator]
+
+
+def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
+    """The step loop: cross-entropy on the task's own classes (+ λ·DML against old classes),
+    the head rows by Adam, the factors by the method's update rule (`learner.updates`)."""
+    cfg, model, method = task.cfg, task.model, task.cfg.method
+    rule = make_update_rule(
+        method.update,
+        model.layers,
+        task.bases,
+        lr=cfg.lr,
+        gr_lr=cfg.gr_lr,
+        weight_decay=cfg.weight_decay,
+        damping=cfg.damping,
+        train_a=method.train_a,
+    )
     head_opt = torch.optim.Adam([head_w], lr=cfg.head_lr)
-    rectifier: GradientRectifier | None = None
-    lora_opt: torch.optim.Optimizer | None = None
-    if method.rectify:
-        rectifier = GradientRectifier(layers, bases, lr=cfg.gr_lr, damping=cfg.damping)
-    else:
-        params: list[nn.Parameter] = []
-        for layer in layers.values():
-            layer.lora_A.requires_grad_(method.train_a)
-            layer.lora_B.requires_grad_(True)
-            params += [layer.lora_A, layer.lora_B] if method.train_a else [layer.lora_B]
-        lora_opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    old_protos = state.prototypes if method.margin_loss and state.prototypes is not None else None
+    stats = task.state.class_stats
+    old_protos: torch.Tensor | None = None  # (C_old, d): what DML pushes away from
+    margins: torch.Tensor = torch.tensor(math.nan)
+    if method.margin_loss and stats is not None and stats.num_classes > 0:
+        old_protos = F.normalize(stats.means, dim=-1).float()
+        margins = data_margins(stats) if cfg.dml_margin is None else torch.tensor(cfg.dml_margin)
     online = method.protect and method.online_estimation
-    accs = _attach_accumulators(model, cfg.oe_max_tokens, gen) if online else {}
+    accs = _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method) if online else {}
 
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    epochs = cfg.epochs if method.adapt else 0
-    total_steps = epochs * steps_per_epoch
+    n = len(task.labels)
+    total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     step, loss_value, step_times = 0, math.nan, []
     start = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=task.streams.data)
         for sl in _chunks(n, cfg.batch_size):
             t0 = time.perf_counter()
             idx = order[sl]
-            x = prepare(images[idx], model.spec.size, augment=cfg.augment, generator=gen)
+            x = prepare(task.images[idx], model.spec.size, cfg.augment, task.streams.data)
             feats = model.features(x)  # (B, d); OE observers add XᵀX here
-            logits = cosine_logits(feats, head_w)  # (B, k): this task's only
-            loss = F.cross_entropy(logits, labels[idx])
+            loss = F.cross_entropy(cosine_logits(feats, head_w), task.labels[idx])
             if old_protos is not None:
-                loss = loss + cfg.dml_lambda * decoupled_margin_loss(
-                    feats, old_protos, cfg.dml_margin
-                )
+                loss = loss + cfg.dml_lambda * decoupled_margin_loss(feats, old_protos, margins)
             head_opt.zero_grad(set_to_none=True)
-            if rectifier is not None:
-                rectifier.zero_grad()
-            if lora_opt is not None:
-                lora_opt.zero_grad(set_to_none=True)
+            rule.zero_grad()
             loss.backward()
             head_opt.step()
-            if rectifier is not None:
-                rectifier.step()
-            elif lora_opt is not None:
-                lora_opt.step()
-                if method.protect:
-                    with torch.no_grad():
-                        for name, layer in layers.items():  # A's step projected by Q
-                            layer.lora_A.copy_(project_out(layer.lora_A, bases[name].float()))
+            rule.step()
             step += 1
             step_times.append(time.perf_counter() - t0)
             loss_value = float(loss.detach())
             elapsed = time.perf_counter() - start
-            rate = step * cfg.batch_size / elapsed
             report(
                 Progress(
                     "train",
@@ -268,45 +335,78 @@ def learn_task(
                     step,
                     total_steps,
                     loss_value,
-                    rate,
+                    step * cfg.batch_size / elapsed,
                     (total_steps - step) * elapsed / step,
                 )
             )
     train_s = time.perf_counter() - start
     _detach_accumulators(model)
-    if rectifier is not None:
-        rectifier.release()
+    rule.release()
+    return _Run(step, step_times, loss_value, train_s, accs)
 
-    # Task end: merge ΔW into the fp32 working weights, class statistics and prototypes, the new
-    # basis, then the head.
-    report(Progress("finalize", cfg.epochs, cfg.epochs, step, total_steps, loss_value, 0.0, 0.0))
+
+def output_change(layer: LoRALayer, cov: torch.Tensor) -> float:
+    """`√(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ))` for the layer's current task (DESIGN.md §3, 'Interference').
+
+    With C (n×n) the second moment of some inputs, this is the root-mean-square change of the
+    layer's output on those inputs relative to the output itself, computed from the statistics
+    alone (no sample kept). NaN when C is empty.
+    """
+    r0, r1 = layer.rows
+    delta = layer.get_delta_weight().double()  # (m, n)
+    w = layer.weight_2d[r0:r1].double()  # (m, n), before the merge
+    moved = torch.sum((delta @ cov) * delta).item()  # tr(ΔW C ΔWᵀ)
+    base = torch.sum((w @ cov) * w).item()  # tr(W C Wᵀ)
+    return math.sqrt(max(moved, 0.0) / base) if base > 0 else math.nan
+
+
+def interference(layer: LoRALayer, sub: SubspaceState, basis: torch.Tensor) -> tuple[float, float]:
+    """(violation, drift) of the layer's current task against earlier tasks' inputs.
+
+    violation: the output change on the protected subspace, C_M = P C P with P = M Mᵀ and C the
+    running covariance (zero when ΔW M = 0); NaN for a method that protects nothing.
+    drift: the output change on all earlier inputs, C itself (the energy outside span(M),
+    1 − ε, is left unprotected by design). Both NaN before any input was observed.
+    """
+    if sub.count == 0:
+        return math.nan, math.nan
+    cov = sub.covariance  # (n, n) float64
+    drift = output_change(layer, cov)
+    if basis.shape[1] == 0:
+        return math.nan, drift
+    m = basis.double()  # (n, k)
+    p = m @ m.T  # (n, n): projector onto span(M)
+    return output_change(layer, p @ cov @ p), drift
+
+
+def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
+    """Task end: interference, merge ΔW into the fp32 working weights, class statistics and
+    prototypes, the new basis (or the extra pass for it), then the head."""
+    state, cfg, model, method = task.state, task.cfg, task.model, task.cfg.method
+    layers, labels, k_new = model.layers, task.labels, task.k_new
+    measured = {n: interference(ly, task.old_sub[n], task.bases[n]) for n, ly in layers.items()}
     factors = get_factors(layers)
     for layer in layers.values():
         layer.merge()
-        layer.lora_A.requires_grad_(False)
-        layer.lora_B.requires_grad_(False)
-    post = (
-        {} if online or not method.protect else _attach_accumulators(model, cfg.oe_max_tokens, gen)
-    )
-    feats = extract_features(model, images)  # (N, d); the extra pass of no-OE methods rides here
+    post = {} if run.online else _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method)
+    feats = extract_features(model, task.images)  # (N, d); the extra pass rides here
     _detach_accumulators(model)
-    stats = (state.class_stats or ClassStatistics.empty(model.num_features)).added(
-        feats, labels, k_new
-    )
+    old_stats = state.class_stats or ClassStatistics.empty(model.num_features)
+    stats = old_stats.added(feats, labels, k_new)
     prototypes = F.normalize(stats.means, dim=-1).float()  # (C + k, d)
 
     subspace: dict[str, SubspaceState] = {}
-    if method.protect:
-        eps = cfg.eps_for_task(task)
-        for name in layers:
-            acc = accs.get(name) or post[name]
-            old = old_sub[name]
-            running = SubspaceState(  # running S, N over all tasks
-                old.basis, old.second_moment + acc.second_moment, old.count + acc.count
-            )
+    eps = cfg.eps_for_task(state.num_tasks)
+    for name in layers:  # the running S, N over all tasks; the basis grows if protected
+        acc = run.online.get(name) or post[name]
+        old = task.old_sub[name]
+        running = SubspaceState(
+            old.basis, old.second_moment + acc.second_moment, old.count + acc.count
+        )
+        if method.protect:
             cov = running.covariance if method.running_covariance else acc.covariance()
             running.basis = expand_basis(old.basis, cov, eps).float()
-            subspace[name] = running
+        subspace[name] = running
 
     temperature = 1.0
     if method.head == "lda":
@@ -321,7 +421,7 @@ def learn_task(
     new_state = LearnerState(
         backbone=state.backbone,
         lora=state.lora,
-        class_names=[*state.class_names, *batch.class_names],
+        class_names=[*state.class_names, *task.batch.class_names],
         task_sizes=[*state.task_sizes, k_new],
         adapters=[*state.adapters, factors],
         head_weight=head_weight,
@@ -330,14 +430,23 @@ def learn_task(
         prototypes=prototypes,
         class_stats=stats,
     )
-    timed = step_times[2:] if len(step_times) > 4 else step_times
+    timed = run.step_times[2:] if len(run.step_times) > 4 else run.step_times
     metrics = {
-        "train_s": train_s,
+        "train_s": run.train_s,
         "step_s": sum(timed) / max(len(timed), 1),
-        "steps": float(step),
-        "loss": loss_value,
+        "steps": float(run.steps),
+        "loss": run.loss,
         "basis_dims": float(sum(s.basis.shape[1] for s in subspace.values())),
         "head_temperature": temperature,
+        "violation": _finite_mean([v for v, _ in measured.values()]),
+        "drift": _finite_mean([d for _, d in measured.values()]),
+        "invasion": invasion_share(feats, old_stats),
     }
     model.head_weight, model.head_bias = head_weight, head_bias
-    return TaskResult(new_state, metrics, model.eval())
+    violation = {name: v for name, (v, _) in measured.items()}
+    return TaskResult(new_state, metrics, model.eval(), violation)
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

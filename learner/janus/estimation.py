@@ -29,9 +29,8 @@ def complement_basis(basis: torch.Tensor) -> torch.Tensor:
     n, k = basis.shape
     if k == 0:
         return torch.eye(n, dtype=basis.dtype)
-    q = torch.eye(n, dtype=basis.dtype) - basis @ basis.T  # (n, n), a projector
-    _, evecs = torch.linalg.eigh(q)  # ascending: n−k eigenvalues ≈ 1 at the end
-    return evecs[:, k:]
+    q, _ = torch.linalg.qr(basis, mode="complete")  # (n, n): the first k columns span M
+    return q[:, k:]
 
 
 @dataclass

@@ -6,7 +6,10 @@ number of adapted rows and `n` the input width. A 1x1 convolution is the same ma
 with every pixel a token.
 
 The layer also hosts the hooks the Janus-LoRA components need: an input observer (Online
-Estimation adds `XᵀX`) and the base weight's gradient (Gradient Rectification).
+Estimation adds `XᵀX`) and a gradient sink (Gradient Rectification): in backward it receives the
+layer's input tokens X (T×n) and the loss gradient G (T×m) of the adapted output rows, whose
+product `Gᵀ X` is the base weight's gradient `∂L/∂W` (m×n). The base weight itself never
+requires grad (a weight that does slows the forward convolution by about a quarter here).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 InputObserver = Callable[[torch.Tensor], None]
+GradientSink = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class LoRALayer(nn.Module):
@@ -43,6 +47,7 @@ class LoRALayer(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank))  # (m, r)
         self.active = False  # no current-task factors until reset_factors()
         self.observer: InputObserver | None = None
+        self.grad_sink: GradientSink | None = None
 
     @property
     def in_features(self) -> int:
@@ -99,13 +104,29 @@ class LoRALayer(nn.Module):
             a = self.lora_A[:, :, None, None]  # (r, n, 1, 1)
             b = self.lora_B[:, :, None, None]  # (m, r, 1, 1)
             delta = F.conv2d(F.conv2d(x, a, stride=stride), b) * self.scale  # (B, m, H', W')
+            self._sink_gradient(x, delta)
             if (r0, r1) == (0, y.shape[1]):
                 return y + delta
             return torch.cat([y[:, :r0], y[:, r0:r1] + delta, y[:, r1:]], dim=1)
         delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale  # (..., m)
+        self._sink_gradient(x, delta)
         if (r0, r1) == (0, y.shape[-1]):
             return y + delta
         return torch.cat([y[..., :r0], y[..., r0:r1] + delta, y[..., r1:]], dim=-1)
+
+    def _sink_gradient(self, x: torch.Tensor, delta: torch.Tensor) -> None:
+        """In backward, hand (X (T×n), G (T×m)) to the sink; G = ∂L/∂delta = ∂L/∂y of the rows."""
+        sink = self.grad_sink
+        if sink is None or not delta.requires_grad:
+            return
+        tokens = self._tokens(x.detach())  # (T, n)
+        conv = isinstance(self.base_layer, nn.Conv2d)
+
+        def hook(grad: torch.Tensor) -> None:
+            g = grad.permute(0, 2, 3, 1) if conv else grad  # (B, H', W', m) or (..., m)
+            sink(tokens, g.reshape(-1, g.shape[-1]))
+
+        delta.register_hook(hook)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale:g}, rows={self.rows}"

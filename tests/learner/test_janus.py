@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,15 +16,23 @@ from learner.inputs import prepare, to_uint8_tensor
 from learner.janus.estimation import (
     CovarianceAccumulator,
     Projector,
+    SubspaceState,
     design_a,
     expand_basis,
     project_out,
 )
-from learner.janus.margin import decoupled_margin_loss
-from learner.janus.rectification import GradientRectifier, composite_update, factor_updates
-from learner.methods import get_method
+from learner.janus.margin import data_margins, decoupled_margin_loss, invasion_share
+from learner.janus.rectification import (
+    GradientRectifier,
+    apply_update,
+    composite_update,
+    factor_updates,
+    rebalance,
+)
+from learner.lora.layer import LoRALayer
+from learner.methods import ABLATIONS, get_method
 from learner.state import LearnerState, build_model
-from learner.train import TaskResult, extract_features, learn_task
+from learner.train import TaskResult, extract_features, interference, learn_task
 from tests.conftest import TINY_BACKBONES
 
 
@@ -123,9 +134,10 @@ def test_online_estimation_accumulates_across_tasks(first_task: TaskResult, digi
         )
 
 
-@pytest.mark.parametrize("method", ["janus", "janus-no-oe", "inflora"])
+@pytest.mark.parametrize("method", ["janus", "abl-gr", "inflora", "lora-gpm"])
 def test_basis_grows_from_the_running_or_the_task_covariance(method: str, digits) -> None:
-    """janus and its no-OE ablation use the running C = S/N; InfLoRA (like GPM) this task's C."""
+    """janus and its no-OE ablation use the running C = S/N; InfLoRA and LoRA-GPM (like GPM)
+    this task's C."""
     cfg = _cfg(method)
     state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
     first = learn_task(state, _two_tasks(digits)[0], cfg).state
@@ -197,10 +209,176 @@ def test_every_janus_step_keeps_a_orthogonal_to_the_basis(
         rect.zero_grad()
         loss.backward()
         rect.step()
-        for name, layer in model.layers.items():
+        for name, layer in model.layers.items():  # nothing re-projects A after the update
             ratio = (layer.lora_A @ bases[name]).norm() / layer.lora_A.norm()
             assert ratio < 1e-5, (name, step, float(ratio))
+            moment = rect.exp_avg[name]  # Adam's first moment lives on D = g Q
+            assert (moment @ bases[name]).norm() <= 1e-5 * moment.norm() + 1e-12, (name, step)
         assert any(layer.lora_B.abs().max() > 0 for layer in model.layers.values())
+
+
+def _regression_layer(n: int = 32, m: int = 24, r: int = 4, k: int = 8) -> tuple:
+    """A LoRA layer over a random linear map, a protected basis (n×k), A designed ⊥ it, and a
+    least-squares problem on fixed inputs."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.nn.Linear(n, m, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(m, n, generator=gen) / n**0.5)
+    layer = LoRALayer(base, r, float(r))
+    basis, _ = torch.linalg.qr(torch.randn(n, k, generator=gen))
+    a = project_out(torch.randn(r, n, generator=gen), basis)
+    layer.reset_factors(torch.linalg.qr(a.T)[0].T)  # orthonormal rows ⊥ M
+    x = torch.randn(256, n, generator=gen)
+    target = x @ torch.randn(n, m, generator=gen)
+    return layer, basis, x, target
+
+
+@pytest.mark.parametrize("kind", ["linear-rows", "conv-stride-2"])
+def test_the_sunk_gradient_is_the_base_weight_gradient(kind: str) -> None:
+    """GR's g = Gᵀ X from the layer's hook equals autograd's ∂L/∂W of the adapted rows."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "linear-rows":
+        base: torch.nn.Module = torch.nn.Linear(8, 24)
+        rows: tuple[int, int] | None = (8, 24)  # K and V rows of a fused qkv
+        x = torch.randn(2, 5, 8, generator=gen)
+    else:
+        base = torch.nn.Conv2d(6, 10, 1, stride=2)
+        rows = None
+        x = torch.randn(3, 6, 7, 7, generator=gen)
+    base.requires_grad_(False)  # the backbone is frozen
+    layer = LoRALayer(base, 2, 2.0, rows=rows)
+    layer.reset_factors(torch.randn(2, layer.in_features, generator=gen))
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.out_features, 2, generator=gen))
+    rect = GradientRectifier({"l": layer}, {"l": torch.zeros(layer.in_features, 0)}, 1e-3, 1e-3)
+    weights = torch.randn(layer(x).shape, generator=gen)
+    (layer(x) * weights).sum().backward()
+    sunk = rect.grads["l"]
+    rect.release()
+    base.weight.requires_grad_(True)
+    (layer(x) * weights).sum().backward()
+    w = base.weight.grad
+    r0, r1 = layer.rows
+    assert torch.allclose(sunk, w.view(w.shape[0], -1)[r0:r1], atol=1e-4)
+
+
+def test_gr_steps_lower_the_loss_on_a_fixed_batch() -> None:
+    layer, basis, x, target = _regression_layer()
+    rect = GradientRectifier({"l": layer}, {"l": basis}, lr=1e-2, damping=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = ((layer(x) - target) ** 2).mean()
+        losses.append(float(loss.detach()))
+        rect.zero_grad()
+        loss.backward()
+        rect.step()
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.97 * losses[0]
+
+
+def _peek_safe_update(rect: GradientRectifier, name: str, grad: torch.Tensor) -> torch.Tensor:
+    """The U = AdamDirection(g Q) Q that the rectifier's next step will realise, its state
+    left as it was."""
+    saved = rect.exp_avg[name].clone(), rect.exp_avg_sq[name].clone()
+    rect.step_count += 1
+    u = rect.safe_direction(name, grad)
+    rect.step_count -= 1
+    rect.exp_avg[name].copy_(saved[0])
+    rect.exp_avg_sq[name].copy_(saved[1])
+    return u
+
+
+def test_apply_update_realises_the_closed_form_then_rebalances() -> None:
+    layer, basis, _, _ = _regression_layer()
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(24, 4))
+    u = project_out(torch.randn(24, 32), basis)
+    a0, b0 = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+    da, db = factor_updates(a0, b0, u, layer.scale, 1e-3)
+    apply_update(layer, u, 1e-3, 1e-3)
+    expected = layer.scale * (b0 - 1e-3 * db) @ (a0 - 1e-3 * da)
+    assert torch.allclose(layer.get_delta_weight().detach(), expected, atol=1e-5)
+    a = layer.lora_A.detach()
+    assert torch.allclose(a @ a.T, torch.eye(4), atol=1e-5)
+
+
+def test_gr_realises_the_composite_update_over_many_steps_and_stays_balanced() -> None:
+    """Every step's realised ΔW is −η (P_B U + (I − P_B) U P_A) up to the second-order term,
+    which fades as B grows; A keeps orthonormal rows (rebalancing) and stays ⊥ M."""
+    layer, basis, x, target = _regression_layer()
+    rect = GradientRectifier({"l": layer}, {"l": basis}, lr=1e-2, damping=1e-3)
+    errors = []
+    for step in range(1, 151):
+        loss = ((layer(x) - target) ** 2).mean()
+        rect.zero_grad()
+        loss.backward()
+        u = _peek_safe_update(rect, "l", rect.grads["l"])
+        a0, b0 = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+        rect.step()  # forms only Bᵀ U and U Aᵀ, never U itself
+        realised = layer.get_delta_weight().detach() - layer.scale * b0 @ a0
+        expected = -rect.lr * composite_update(a0, b0, u, rect.damping)
+        errors.append(float((realised - expected).norm() / expected.norm()))
+        a = layer.lora_A.detach()
+        assert torch.allclose(a @ a.T, torch.eye(4), atol=1e-4), step  # balanced: ‖A‖ = √r
+        assert (a @ basis).norm() < 1e-5, step
+        assert (u @ basis).norm() <= 1e-5 * u.norm(), step
+    assert errors[0] < 1e-5  # B = 0: the first step is exact
+    assert max(errors[9:]) < 0.03 and max(errors[49:]) < 0.005, errors
+    assert errors[-1] < errors[9] / 5  # the second-order term fades
+
+
+def test_rebalancing_keeps_the_product_and_the_row_space() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 10, generator=gen) * torch.tensor([[5.0], [0.1], [2.0], [0.0]])
+    b = torch.randn(6, 4, generator=gen)
+    a2, b2 = rebalance(a, b)
+    assert torch.allclose(b2 @ a2, b @ a, atol=1e-5)
+    kept = a2[a2.norm(dim=1) > 0]
+    assert kept.shape[0] == 3  # the zero row stays zero, not an arbitrary direction
+    assert torch.allclose(kept @ kept.T, torch.eye(3), atol=1e-5)
+    assert torch.allclose(
+        project_out(kept, torch.linalg.qr(a[:3].T)[0]), torch.zeros_like(kept), atol=1e-5
+    )
+
+
+def test_interference_is_the_relative_output_change_on_earlier_inputs() -> None:
+    layer, basis, x, _ = _regression_layer()
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(24, 4))
+        layer.lora_A.add_(0.1 * torch.randn(4, 32))  # A leaks into span(M)
+    sub = SubspaceState(basis, (x.T @ x).double(), len(x))
+    w, delta = layer.base_layer.weight, layer.get_delta_weight().detach()
+    inside = x @ basis @ basis.T  # the inputs' part in the protected subspace
+    violation, drift = interference(layer, sub, basis)
+    assert drift == pytest.approx(float((x @ delta.T).norm() / (x @ w.T).norm()), rel=1e-4)
+    expected = (inside @ delta.T).norm() / (inside @ w.T).norm()
+    assert violation == pytest.approx(float(expected), rel=1e-4)
+    with torch.no_grad():
+        layer.lora_A.copy_(project_out(layer.lora_A, basis))
+    assert interference(layer, sub, basis)[0] < 1e-6  # ΔW M = 0: nothing moves there
+    assert math.isnan(interference(layer, sub, torch.zeros(32, 0))[0])  # nothing protected
+    assert all(math.isnan(v) for v in interference(layer, SubspaceState.empty(32), basis))
+
+
+@pytest.mark.parametrize(
+    ("method", "leaks"), [("lora-gpm", True), ("lora-gpm-proj", False), ("janus", False)]
+)
+def test_only_paper_style_lora_gpm_leaks_into_the_protected_subspace(
+    method: str, leaks: bool, first_task: TaskResult, digits
+) -> None:
+    cfg = _cfg(method, epochs=2)
+    result = learn_task(first_task.state, _two_tasks(digits)[1], cfg)
+    violation = result.metrics["violation"]
+    if leaks:
+        assert violation > 1e-5, violation
+        a = {k: v for k, v in result.state.adapters[-1].items() if k.endswith(".A")}
+        leak = max(
+            float((a[f"{n}.A"] @ s.basis).norm() / a[f"{n}.A"].norm())
+            for n, s in first_task.state.subspace.items()
+        )
+        assert leak > 1e-3  # A drifted into span(M): Adam's scaling undoes the projection
+    else:
+        assert violation < 1e-6, violation  # rounding only
 
 
 def test_protected_subspace_outputs_do_not_move(first_task: TaskResult, digits) -> None:
@@ -231,6 +409,37 @@ def test_dml_is_zero_below_the_margin_and_positive_above() -> None:
     assert decoupled_margin_loss(far, protos[:0], 0.5) == 0
 
 
+def test_dml_takes_a_margin_per_class() -> None:
+    protos = F.normalize(torch.randn(3, 8), dim=1)
+    f = protos[:1] * 2  # cos 1 to class 0
+    margins = torch.tensor([1.5, -1.0, 0.0])  # class 0 never pushes; class 1 always does
+    cos = F.normalize(f, dim=1) @ protos.T
+    assert torch.isclose(decoupled_margin_loss(f, protos, margins), (cos[0] - margins).max())
+
+
+def test_data_margins_sit_below_each_class_s_typical_cosine(digits) -> None:
+    """m_c = ‖μ_c‖ − 1.28 σ_c: most, not all, of class c's own features are closer to p_c (90 %
+    for normal cosines; more here, where cosines are skewed toward 1)."""
+    from learner.head import ClassStatistics
+
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(3, 16, generator=gen), dim=1)
+    labels = torch.arange(3).repeat_interleave(400)
+    feats = centres[labels] + 0.15 * torch.randn(1200, 16, generator=gen)
+    stats = ClassStatistics.empty(16).added(feats.double(), labels, 3)
+    margins = data_margins(stats)
+    f = F.normalize(feats.double(), dim=1)
+    own = (f * F.normalize(stats.means, dim=1)[labels]).sum(1)  # cos to the own prototype
+    for c in range(3):
+        typical = own[labels == c]
+        assert margins[c] < typical.mean()
+        assert 0.85 < (typical > margins[c]).double().mean() < 1.0
+    assert invasion_share(feats[:400], stats) > 0.8  # class 0's own features lie inside
+    far = -centres[:1].repeat(10, 1)
+    assert invasion_share(far, stats) == 0.0
+    assert math.isnan(invasion_share(feats, ClassStatistics.empty(16)))
+
+
 def test_dml_lowers_similarity_to_old_prototypes(first_task: TaskResult, digits) -> None:
     second = _two_tasks(digits)[1]
     old = first_task.state.prototypes
@@ -243,7 +452,32 @@ def test_dml_lowers_similarity_to_old_prototypes(first_task: TaskResult, digits)
         f = F.normalize(extract_features(model, pixels), dim=1)
         return float((f @ old.T).max(dim=1).values.mean())
 
-    assert nearest_old_cos("janus") < nearest_old_cos("janus-no-dml") - 1e-3
+    assert nearest_old_cos("janus") < nearest_old_cos("abl-oe-gr") - 1e-3
+
+
+def test_dml_with_data_margins_acts_and_lowers_invasion(first_task: TaskResult, digits) -> None:
+    second = _two_tasks(digits)[1]
+    with_dml = learn_task(first_task.state, second, _cfg("janus", epochs=3, dml_lambda=5.0))
+    without = learn_task(first_task.state, second, _cfg("abl-oe-gr", epochs=3))
+    assert with_dml.metrics["invasion"] < without.metrics["invasion"]
+
+
+def test_the_ablation_grid_switches_one_component_at_a_time() -> None:
+    grid = {name: get_method(name) for name in ABLATIONS}
+    assert list(grid) == [
+        "abl-none", "abl-oe", "abl-gr", "abl-dml", "abl-oe-gr", "abl-oe-dml", "janus"
+    ]  # fmt: skip
+    for name, spec in grid.items():
+        parts = (
+            set(name.removeprefix("abl-").split("-")) if name != "janus" else {"oe", "gr", "dml"}
+        )
+        assert spec.online_estimation == ("oe" in parts)
+        assert spec.update == ("gr" if "gr" in parts else "adam-projected")
+        assert spec.margin_loss == ("dml" in parts)
+        rest = spec.model_dump(exclude={"name", "online_estimation", "update", "margin_loss"})
+        assert rest == get_method("janus").model_dump(
+            exclude={"name", "online_estimation", "update", "margin_loss"}
+        )
 
 
 # --- Trainer ---------------------------------------------------------------------------------
@@ -274,19 +508,47 @@ def test_training_is_deterministic_under_a_seed(digits) -> None:
 
 
 @pytest.mark.parametrize(
-    "method", ["seq-lora", "inflora", "lora-gpm", "janus-no-oe", "janus-no-gr"]
+    "method", ["seq-lora", "inflora", "lora-gpm", "lora-gpm-proj", "abl-none", "abl-gr"]
 )
 def test_every_method_learns_a_task(method: str, digits) -> None:
     state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
     result = learn_task(state, _two_tasks(digits)[0], _cfg(method))
     assert result.state.class_names == ["digit0", "digit1", "digit2"]
     assert result.metrics["steps"] == 5
-    assert bool(result.state.subspace) == get_method(method).protect
+    grown = any(s.basis.shape[1] for s in result.state.subspace.values())
+    assert grown == get_method(method).protect
+    assert all(s.count > 0 for s in result.state.subspace.values())  # every method records C
     if not get_method(method).train_a:
         assert result.state.adapters[0]  # A stays as designed; B trains
         layer = next(iter(result.model.layers))
         a = result.state.adapters[0][f"{layer}.A"]
         assert torch.allclose(a @ a.T, torch.eye(2), atol=1e-4)
+
+
+def test_batchnorm_statistics_and_frozen_weights_do_not_move(digits) -> None:
+    state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
+    pristine = build_model(state)
+    result = learn_task(state, _two_tasks(digits)[0], _cfg("janus", epochs=2))
+    before = dict(pristine.backbone.named_buffers())
+    after = dict(result.model.backbone.named_buffers())
+    norms = [k for k in before if "running_" in k]
+    assert norms  # the tiny ConvNet has BatchNorm
+    for key in norms:
+        assert torch.equal(before[key], after[key]), key
+    lora = set(result.model.layers)
+    for key, value in pristine.backbone.named_parameters():
+        owner = key.removesuffix(".weight").removesuffix(".base_layer")
+        if owner not in lora and "lora_" not in key:
+            assert torch.equal(value, dict(result.model.backbone.named_parameters())[key]), key
+
+
+def test_the_energy_threshold_rises_linearly_then_holds() -> None:
+    cfg = _cfg(eps_start=0.9, eps_end=0.98, eps_tasks=5)
+    assert [round(cfg.eps_for_task(t), 6) for t in range(7)] == [
+        0.9, 0.92, 0.94, 0.96, 0.98, 0.98, 0.98
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="eps_end"):
+        _cfg(eps_start=0.99, eps_end=0.95)
 
 
 def test_known_class_is_refused(first_task: TaskResult, digits) -> None:
