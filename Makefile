@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format readme-settings bench bench-quick bench-step clean
+.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -48,14 +48,17 @@ format: setup
 readme-settings: setup  ## regenerate README.md's table of JANUS_* variables from the settings models
 	$(PY) -c "from pathlib import Path; from service.envdoc import rewrite_readme; rewrite_readme(Path('README.md'))"
 
-bench: setup data  ## the full class-incremental benchmark (CPU: about 35 minutes)
-	$(VENV)/bin/janus bench cl --ablation --out runs/bench-cl
+bench: setup data  ## the main table: janus, baselines, references; 3 seeds, step sizes tuned on validation
+	$(VENV)/bin/janus bench cl --threads 2 --out runs/bench-cl
+
+bench-ablation: setup data  ## the paper's ablation grid (none, OE, GR, DML, OE+GR, OE+DML, all), 3 seeds
+	$(VENV)/bin/janus bench cl --threads 2 --methods janus --ablation --out runs/bench-ablation
 
 bench-quick: setup data
-	$(VENV)/bin/janus bench cl --quick --out runs/bench-cl-quick
+	$(VENV)/bin/janus bench cl --quick --seeds 1 --out runs/bench-cl-quick
 
 bench-step: setup data  ## step time of janus, its ablations and baselines over seq-lora, interleaved
-	$(VENV)/bin/janus bench step --methods janus,janus-no-oe,janus-no-gr,janus-no-dml,inflora,lora-gpm --out runs/bench-step
+	$(VENV)/bin/janus bench step --methods janus,abl-none,abl-oe,abl-gr,inflora,lora-gpm,lora-gpm-proj --out runs/bench-step
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

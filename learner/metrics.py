@@ -219,15 +219,31 @@ def _per_task(m: Mapping[str, Any]) -> list[float]:
     return out
 
 
-def markdown_table(results: Mapping[str, Any]) -> str:
-    """Summary table, one row per method: ACC, MAA, BWT, train time, step time, step ratio.
+def _pm(m: Mapping[str, Any], key: str, spec: str) -> str:
+    """``mean ± std`` of a result's ``key`` (its ``key_std`` if present and set)."""
+    std = m.get(f"{key}_std")
+    text = _fmt(m.get(key), spec)
+    return text if std is None or text == "–" else f"{text} ± {format(std, '.2f')}"
 
-    The last column (step time over ``seq-lora``'s) appears when ``seq-lora`` is present.
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """Summary table, one row per method: ACC, MAA, BWT (mean ± std over seeds), interference,
+    the paired difference to janus, train time, step time, step ratio.
+
+    The violation, drift and Δ-to-janus columns appear when some method has them; the last
+    column (step time over ``seq-lora``'s) when ``seq-lora`` is present.
     """
     methods = _methods(results)
     base = methods.get("seq-lora", {}).get("step_s")
     ratio = isinstance(base, int | float) and base > 0
-    head = ["method", "ACC", "MAA", "BWT", "train s", "step ms"]
+    interference = any(m.get("violation") is not None for m in methods.values())
+    paired = any(m.get("vs_janus") for m in methods.values())
+    head = ["method", "ACC", "MAA", "BWT"]
+    if interference:
+        head += ["violation", "drift"]
+    if paired:
+        head += ["ΔACC vs janus", "ΔBWT vs janus"]
+    head += ["train s", "step ms"]
     if ratio:
         head.append("step / seq-lora")
     lines = [
@@ -236,11 +252,13 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     ]
     for name, m in methods.items():
         step = m.get("step_s")
-        cells = [
-            name,
-            _fmt(m["acc"], ".2f"),
-            _fmt(m["maa"], ".2f"),
-            _fmt(m["bwt"], "+.2f"),
+        cells = [name, _pm(m, "acc", ".2f"), _pm(m, "maa", ".2f"), _pm(m, "bwt", "+.2f")]
+        if interference:
+            cells += [_fmt(m.get("violation"), ".1e"), _fmt(m.get("drift"), ".1e")]
+        if paired:
+            vs = m.get("vs_janus") or {}
+            cells += [_pm(vs, "acc", "+.2f"), _pm(vs, "bwt", "+.2f")]
+        cells += [
             _fmt(m.get("train_s"), ".1f"),
             _fmt(None if step is None else 1000.0 * step, ".1f"),
         ]
@@ -306,8 +324,19 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     parts.append(
         "\nACC: accuracy over all tasks' test samples after the last task; MAA: mean of that "
         "accuracy after each task; BWT: mean change on earlier tasks since they were learned "
-        "(percentage points).\n"
+        "(percentage points); mean ± sample std over seeds. violation: relative output change "
+        "on the protected subspace, drift: on all earlier inputs (mean over layers and tasks "
+        "2..). Δ vs janus: the method's figure minus janus's, paired by seed.\n"
     )
+    tuned = {n: m["tuned"] for n, m in methods.items() if m.get("tuned")}
+    if tuned:
+        parts.append(
+            "\n## Step sizes chosen on validation\n\n"
+            "| method | setting | searched (val ACC) | chosen |\n|---|---|---|---:|\n"
+        )
+        for name, t in tuned.items():
+            searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in t["search"])
+            parts.append(f"| {name} | {t['key']} | {searched} | {t['value']:g} |\n")
     for name, m in methods.items():
         parts.append(f"\n## {name}: accuracy matrix (%)\n\n{matrix_markdown(m['matrix'])}")
     if results.get("config"):
@@ -322,7 +351,30 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
         written[f"matrix:{name}"] = path
     written["per_task"] = out / "accuracy_per_task.png"
     _plot_per_task(methods, written["per_task"])
+    if any(m.get("layer_violation") for m in methods.values()):
+        written["violation"] = out / "violation_per_layer.png"
+        _plot_violation(methods, written["violation"])
     return written
+
+
+def _plot_violation(methods: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Violation per adapted layer (model order), one line per method, log scale."""
+    fig = Figure(figsize=(7.0, 4.0), dpi=110)
+    ax = fig.add_subplot()
+    floor = 1e-12  # exact zeros (frozen A) drawn at the floor
+    for name, m in methods.items():
+        per_layer = m.get("layer_violation") or {}
+        values = [v for v in per_layer.values() if v is not None and math.isfinite(v)]
+        if len(values) == len(per_layer) and values:
+            ax.plot(range(len(values)), [max(v, floor) for v in values], marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("adapted layer (model order)")
+    ax.set_ylabel("relative output change on the protected subspace")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("Violation per layer (mean over tasks 2..)")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
 
 
 def _plot_matrix(name: str, matrix: Sequence[Sequence[float | None]], path: Path) -> None:

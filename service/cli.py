@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from adapters_store.cli import Parser, add_command
 from adapters_store.settings import SettingsError
-from learner.methods import get_method, list_methods
+from learner.methods import ABLATIONS, BASELINES, get_method, list_methods
 from service.client import ServiceError
 
 EXIT_CODES = """exit codes:
@@ -68,6 +68,16 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _timed_methods(text: str) -> tuple[str, ...]:
     """`bench step --methods`: methods that train something, so have a step time."""
     names = _methods(text)
@@ -100,8 +110,10 @@ def _bench_cl(args: argparse.Namespace) -> int:
         data=args.data,
         tasks=args.tasks,
         methods=args.methods,
-        preset="quick" if args.quick else "full",
+        preset="quick" if args.quick else args.preset,
         seed=args.seed,
+        seeds=args.seeds,
+        tune=not args.no_tune,
         train_overrides=overrides,
     )
     if args.ablation:
@@ -125,7 +137,7 @@ def _bench_step(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         data=args.data,
         methods=args.methods,
-        preset="full" if args.full else "quick",
+        preset="cl" if args.full else "quick",
         seed=args.seed,
         train_overrides=_overrides(args),
     )
@@ -144,7 +156,8 @@ def _bench_step(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     """A short class-incremental run of janus alone: `bench cl`'s quick preset."""
     args.methods, args.quick, args.ablation, args.epochs = ("janus",), True, False, None
-    args.set = []
+    args.preset = "quick"
+    args.set, args.seeds, args.no_tune = [], 1, True
     return _bench_cl(args)
 
 
@@ -204,11 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument(
         "--methods",
         type=_methods,
-        default="janus,inflora,lora-gpm,seq-lora,joint,frozen",
+        default=",".join(BASELINES),
         help=f"comma-separated, from: {methods}",
     )
-    cl.add_argument("--ablation", action="store_true", help="add janus without OE, GR, DML")
-    cl.add_argument("--quick", action="store_true", help="a preset that ends in minutes on 2 cores")
+    cl.add_argument(
+        "--ablation",
+        action="store_true",
+        help="add the paper's ablation grid: " + ", ".join(ABLATIONS),
+    )
+    cl.add_argument("--seeds", type=_positive, default=3, help="class orders run, from --seed on")
+    cl.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="keep every method's default step size (default: each chosen on a validation "
+        "split carved from the training data)",
+    )
+    cl.add_argument(
+        "--preset",
+        choices=("cl", "quick", "fashion-64"),  # learner.bench.PRESETS, without importing torch
+        default="cl",
+        help="data and training budget: cl (Fashion-MNIST at 28 px), quick (the same in minutes), "
+        "fashion-64 (upsampled to 64 px)",
+    )
+    cl.add_argument("--quick", action="store_true", help="the quick preset (= --preset quick)")
     cl.add_argument(
         "--epochs", type=int, default=None, help="epochs per task (default: the preset's)"
     )
@@ -236,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     step.add_argument("--rounds", type=int, default=5, help="timed passes per method")
     step.add_argument(
-        "--full", action="store_true", help="the full preset's data (default: the quick one)"
+        "--full", action="store_true", help="the cl preset's data (default: the quick one)"
     )
     _set_option(step)
     step.set_defaults(func=_bench_step)

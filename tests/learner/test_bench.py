@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from learner.bench import (
+    PRESETS,
     BenchConfig,
     BenchPreset,
     _train_config,
+    load_split,
     run_benchmark,
     run_step_benchmark,
+    tune_step_size,
 )
 from learner.config import LoRAConfig
 from service.cli import main
@@ -36,26 +39,104 @@ def _tiny_bench(tmp_path: Path, digits, methods: tuple[str, ...]) -> BenchConfig
         backbone=TINY_BACKBONES["convnet"],
         lora=LoRAConfig(rank=2, alpha=2),
         train_overrides={"epochs": 1, "design_samples": 64},
+        tune=False,
     )
 
 
-def test_bench_writes_results_for_every_method(tmp_path: Path, digits) -> None:
-    cfg = _tiny_bench(tmp_path, digits, ("janus", "seq-lora", "joint", "frozen"))
+def test_bench_writes_results_for_every_method_over_seeds(tmp_path: Path, digits) -> None:
+    cfg = _tiny_bench(tmp_path, digits, ("janus", "lora-gpm", "seq-lora", "joint", "frozen"))
+    cfg.seeds = 2
     results = run_benchmark(cfg, tmp_path / "out", log=lambda _s: None)
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(on_disk["methods"]) == {"janus", "seq-lora", "joint", "frozen"}
-    for name in ("janus", "seq-lora"):
+    assert set(on_disk["methods"]) == {"janus", "lora-gpm", "seq-lora", "joint", "frozen"}
+    assert on_disk["config"]["seeds"] == [0, 1]
+    for name in ("janus", "lora-gpm", "seq-lora"):
         m = on_disk["methods"][name]
-        assert len(m["matrix"]) == 2 and 0 <= m["acc"] <= 100
+        runs = m["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert m["acc"] == pytest.approx(np.mean([r["acc"] for r in runs]))
+        assert m["acc_std"] == pytest.approx(np.std([r["acc"] for r in runs], ddof=1))
+        assert m["bwt"] == pytest.approx(np.mean([r["bwt"] for r in runs]))
         assert m["step_s"] > 0 and m["train_s"] > 0
-        row = [v for v in m["matrix"][1] if v is not None]
-        assert abs(m["acc"] - np.average(row, weights=on_disk["config"]["test_sizes"])) < 1e-6
+        first = runs[0]
+        row = [v for v in first["matrix"][1] if v is not None]
+        assert abs(first["acc"] - np.average(row, weights=first["task_sizes"])) < 1e-6
+    janus, gpm = on_disk["methods"]["janus"], on_disk["methods"]["lora-gpm"]
+    assert janus["violation"] < 1e-6 < gpm["violation"]  # only the paper's LoRA-GPM leaks
+    assert on_disk["methods"]["seq-lora"]["violation"] is None  # it protects nothing
+    assert on_disk["methods"]["seq-lora"]["drift"] > 0
+    diffs = [g["acc"] - j["acc"] for g, j in zip(gpm["runs"], janus["runs"], strict=True)]
+    assert gpm["vs_janus"]["acc"] == pytest.approx(np.mean(diffs))
+    assert gpm["vs_janus"]["acc_std"] == pytest.approx(np.std(diffs, ddof=1))
+    assert "vs_janus" not in janus
     assert on_disk["methods"]["joint"]["bwt"] is None
     frozen = on_disk["methods"]["frozen"]
     assert frozen["step_s"] is None and frozen["steps"] == 0 and 0 < frozen["acc"] <= 100
     assert results["config"]["tasks"][0] != results["config"]["tasks"][1]
     assert (tmp_path / "out" / "results.md").read_text().count("|") > 10
     assert (tmp_path / "out" / "accuracy_per_task.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "violation_per_layer.png").stat().st_size > 1000
+    assert "± " in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_validation_is_carved_from_training_data_and_test_stays_apart(
+    tmp_path: Path, digits
+) -> None:
+    cfg = _tiny_bench(tmp_path, digits, ("janus",))
+    split = load_split(cfg)
+    full = load_split(replace_val(cfg, 0.5))
+    for test_task, val_task in zip(split.test, split.val, strict=True):
+        assert val_task.train is test_task.train  # both fit on the same training part
+        fit = {bytes(x) for x in test_task.train.images}
+        held = {bytes(x) for x in val_task.test.images}
+        tested = {bytes(x) for x in test_task.test.images}
+        assert fit.isdisjoint(held) and held.isdisjoint(tested) and fit.isdisjoint(tested)
+        assert len(val_task.test) == pytest.approx(0.2 * (len(fit) + len(held)), abs=3)
+    assert len(full.test[0].train) < len(split.test[0].train)
+
+
+def replace_val(cfg: BenchConfig, fraction: float) -> BenchConfig:
+    from dataclasses import replace
+
+    return replace(cfg, val_fraction=fraction)
+
+
+def test_step_size_is_chosen_on_validation(tmp_path: Path, digits) -> None:
+    cfg = _tiny_bench(tmp_path, digits, ("janus",))
+    cfg.step_grid = (0.1, 10.0)
+    split = load_split(cfg)
+    tuned = tune_step_size("lora-gpm", split, cfg)
+    assert tuned["key"] == "lr"
+    default = _train_config(cfg, "lora-gpm").lr
+    assert [r["value"] for r in tuned["search"]] == pytest.approx([0.1 * default, 10 * default])
+    best = max(tuned["search"], key=lambda r: r["val_acc"])
+    assert tuned["value"] == best["value"]
+    assert tune_step_size("janus", split, cfg)["key"] == "gr_lr"
+    assert tune_step_size("frozen", split, cfg) == {}  # trains nothing
+    fixed = replace_val(cfg, cfg.val_fraction)
+    fixed.train_overrides = {**cfg.train_overrides, "lr": 1e-3}
+    assert tune_step_size("seq-lora", split, fixed) == {}  # a --set step size wins
+
+
+def test_cli_lists_every_preset() -> None:
+    from service.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "cl", "--preset", "fashion-64"])
+    assert args.preset == "fashion-64"
+    choices = next(
+        a.choices for a in _subparser(parser, "bench", "cl")._actions if a.dest == "preset"
+    )
+    assert tuple(choices) == tuple(PRESETS)
+
+
+def _subparser(parser, *names: str):
+    for name in names:
+        action = next(
+            a for a in parser._actions if hasattr(a, "choices") and name in (a.choices or {})
+        )
+        parser = action.choices[name]
+    return parser
 
 
 def test_cli_refuses_unknown_method(tmp_path: Path, capsys) -> None:
@@ -70,7 +151,9 @@ def test_method_fields_are_overridden_for_every_method() -> None:
         train = _train_config(cfg, name)
         assert train.method.head == "prototype" and train.method.name == name
         assert train.gr_lr == 5e-5
-    assert _train_config(cfg, "inflora").method.train_a is False  # the rest of the preset stays
+    assert _train_config(cfg, "inflora").method.train_a is False
+    tuned = _train_config(cfg, "janus", seed=3, overrides={"gr_lr": 1e-4})
+    assert tuned.gr_lr == 1e-4 and tuned.seed == 3  # the rest of the preset stays
     with pytest.raises(ValueError, match="head"):
         _train_config(BenchConfig(train_overrides={"method.head": "nope"}), "janus")
 
