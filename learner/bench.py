@@ -71,6 +71,9 @@ class BenchConfig:
     tune: bool = True
     step_grid: Sequence[float] = (1 / 3, 1.0, 3.0)
     val_fraction: float = 0.2
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Step sizes chosen before (`{method: tuned}` from an earlier results.json): reused, not
+    searched again."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -272,12 +275,16 @@ def run_benchmark(
     results: dict[str, Any] = {"methods": {}, "config": _describe(cfg, splits[0].test)}
     for name in cfg.methods:
         t0 = time.perf_counter()
-        tuned = tune_step_size(name, splits[0], cfg, on_task) if cfg.tune else {}
+        if name in cfg.chosen:
+            tuned = cfg.chosen[name]
+        else:
+            tuned = tune_step_size(name, splits[0], cfg, on_task) if cfg.tune else {}
         if tuned:
             log(
                 f"{name}: {tuned['key']} {tuned['value']:g} chosen on validation ("
                 + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in tuned["search"])
                 + ")"
+                + (" in an earlier run" if name in cfg.chosen else "")
             )
         fixed = {tuned["key"]: tuned["value"]} if tuned else {}
         runs = [
@@ -296,6 +303,20 @@ def run_benchmark(
         _paired_to_janus(results["methods"])
         write_results(results, out)  # partial results survive an interrupted run
     return results
+
+
+def chosen_step_sizes(results_json: Path) -> dict[str, dict[str, Any]]:
+    """The step sizes an earlier run chose, by method (`tuned` of its results.json)."""
+    import json
+
+    try:
+        methods = json.loads(results_json.read_text())["methods"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"cannot read chosen step sizes from {results_json}: {exc}; give the results.json "
+            "of an earlier `janus bench cl` run"
+        ) from None
+    return {name: m["tuned"] for name, m in methods.items() if m.get("tuned")}
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -385,6 +406,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         **{f"preset_{k}": v for k, v in preset.__dict__.items()},
         "seeds": cfg.seed_list,
         "tune": cfg.tune,
+        "chosen_before": sorted(cfg.chosen),
         "step_grid": list(cfg.step_grid),
         "val_fraction": cfg.val_fraction,
         "backbone": cfg.backbone.model_dump(),
@@ -406,15 +428,18 @@ def run_step_benchmark(
     """Step time of every method of `cfg`, interleaved so machine noise falls on all alike.
 
     Each method first learns task 1 (so protected methods have a basis and DML old prototypes);
-    then, `rounds` times, every method learns task 2 from that state for one epoch, in an order
-    that rotates each round. A method's step time is the median over rounds of its mean step;
-    the ratio is against the baseline's median from the same run.
+    then, `rounds` times, every method learns task 2 from that state (the preset's epochs), in an
+    order that rotates each round. A method's step time is the median over rounds of its mean
+    step; the ratio is against the baseline's median from the same run. The task's phases are
+    timed too (medians): task start (A's design), the step loop (OE rides in it), task end (the
+    extra pass of methods without OE, basis growth, head).
 
     Returns:
-        `{"methods": {name: {"step_s", "samples_s", "ratio"}}, "baseline", "rounds", "config"}`.
+        `{"methods": {name: {"step_s", "samples_s", "ratio", "start_s", "train_s", "end_s",
+        "task_s", "task_ratio"}}, "baseline", "rounds", "config"}`.
     """
     names = list(dict.fromkeys([baseline, *cfg.methods]))
-    configs = {name: _train_config(cfg, name).model_copy(update={"epochs": 1}) for name in names}
+    configs = {name: _train_config(cfg, name) for name in names}
     for name, train_cfg in configs.items():
         if not train_cfg.method.adapt:
             raise ValueError(f"method {name!r} trains nothing, so it has no step time; drop it")
@@ -425,22 +450,27 @@ def run_step_benchmark(
         raise ValueError("the step benchmark needs at least 2 tasks; raise --tasks")
     empty = initial_state(cfg)
     warm = {name: learn_task(empty, tasks[0].train, c).state for name, c in configs.items()}
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    phases = ("step_s", "start_s", "train_s", "end_s")
+    samples: dict[str, dict[str, list[float]]] = {n: {p: [] for p in phases} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            step_s = learn_task(warm[name], tasks[1].train, configs[name]).metrics["step_s"]
-            samples[name].append(step_s)
+            metrics = learn_task(warm[name], tasks[1].train, configs[name]).metrics
+            for p in phases:
+                samples[name][p].append(metrics[p])
         log(
             f"round {r + 1}/{rounds}: "
-            + ", ".join(f"{n} {1000 * s[-1]:.0f} ms" for n, s in samples.items())
+            + ", ".join(f"{n} {1000 * s['step_s'][-1]:.0f} ms" for n, s in samples.items())
         )
-    medians = {name: float(np.median(s)) for name, s in samples.items()}
+    med = {n: {p: float(np.median(v)) for p, v in s.items()} for n, s in samples.items()}
+    task_s = {n: med[n]["start_s"] + med[n]["train_s"] + med[n]["end_s"] for n in names}
     return {
         "methods": {
             name: {
-                "step_s": medians[name],
-                "samples_s": samples[name],
-                "ratio": medians[name] / medians[baseline],
+                **med[name],
+                "samples_s": samples[name]["step_s"],
+                "ratio": med[name]["step_s"] / med[baseline]["step_s"],
+                "task_s": task_s[name],
+                "task_ratio": task_s[name] / task_s[baseline],
             }
             for name in names
         },

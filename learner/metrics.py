@@ -351,22 +351,31 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
         written[f"matrix:{name}"] = path
     written["per_task"] = out / "accuracy_per_task.png"
     _plot_per_task(methods, written["per_task"])
-    if any(m.get("layer_violation") for m in methods.values()):
+    curves = _violation_curves(methods)
+    if curves:
         written["violation"] = out / "violation_per_layer.png"
-        _plot_violation(methods, written["violation"])
+        _plot_violation(curves, written["violation"])
     return written
 
 
-def _plot_violation(methods: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+def _violation_curves(methods: Mapping[str, Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Per-layer violation of every method that has it for every layer."""
+    curves = {}
+    for name, m in methods.items():
+        per_layer = m.get("layer_violation") or {}
+        values = [v for v in per_layer.values() if v is not None and math.isfinite(v)]
+        if values and len(values) == len(per_layer):
+            curves[name] = values
+    return curves
+
+
+def _plot_violation(curves: Mapping[str, Sequence[float]], path: Path) -> None:
     """Violation per adapted layer (model order), one line per method, log scale."""
     fig = Figure(figsize=(7.0, 4.0), dpi=110)
     ax = fig.add_subplot()
     floor = 1e-12  # exact zeros (frozen A) drawn at the floor
-    for name, m in methods.items():
-        per_layer = m.get("layer_violation") or {}
-        values = [v for v in per_layer.values() if v is not None and math.isfinite(v)]
-        if len(values) == len(per_layer) and values:
-            ax.plot(range(len(values)), [max(v, floor) for v in values], marker=".", label=name)
+    for name, values in curves.items():
+        ax.plot(range(len(values)), [max(v, floor) for v in values], marker=".", label=name)
     ax.set_yscale("log")
     ax.set_xlabel("adapted layer (model order)")
     ax.set_ylabel("relative output change on the protected subspace")

@@ -207,8 +207,9 @@ def learn_task(
 
     Returns:
         The new state (the old one is not modified), training metrics and the working model
-        with the task merged and the head grown. Metrics: train_s, step_s (mean seconds per
-        optimisation step), steps, loss, basis_dims (basis columns over all layers),
+        with the task merged and the head grown. Metrics: start_s, train_s, end_s (seconds of
+        the three phases; the end holds the extra pass of methods without OE), step_s (mean
+        seconds per optimisation step), steps, loss, basis_dims (basis columns over all layers),
         head_temperature (the LDA head's fitted temperature, 1 for the cosine heads),
         violation and drift (means over layers of `interference`: the relative output change
         on the protected subspace and on all earlier inputs; per layer in
@@ -241,10 +242,16 @@ def learn_task(
     )
     report = progress or (lambda _p: None)
     report(Progress("design", 0, cfg.epochs, 0, 0, math.nan, 0.0, math.nan))
+    t0 = time.perf_counter()
     head_w = _start_task(task)
+    start_s = time.perf_counter() - t0
     run = _train(task, head_w, report) if cfg.method.adapt else _Run(0, [], math.nan, 0.0, {})
     report(Progress("finalize", cfg.epochs, cfg.epochs, run.steps, run.steps, run.loss, 0, 0))
-    return _finish_task(task, head_w, run)
+    t1 = time.perf_counter()
+    result = _finish_task(task, head_w, run)
+    result.metrics["start_s"] = start_s
+    result.metrics["end_s"] = time.perf_counter() - t1
+    return result
 
 
 def _start_task(task: _Task) -> nn.Parameter:

@@ -100,7 +100,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _bench_cl(args: argparse.Namespace) -> int:
-    from learner.bench import BenchConfig, run_benchmark
+    from learner.bench import BenchConfig, chosen_step_sizes, run_benchmark
     from learner.metrics import markdown_table, matrix_markdown
 
     overrides = _overrides(args)
@@ -114,6 +114,7 @@ def _bench_cl(args: argparse.Namespace) -> int:
         seed=args.seed,
         seeds=args.seeds,
         tune=not args.no_tune,
+        chosen=chosen_step_sizes(Path(args.step_sizes_from)) if args.step_sizes_from else {},
         train_overrides=overrides,
     )
     if args.ablation:
@@ -145,10 +146,17 @@ def _bench_step(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n| method | step ms (median of {args.rounds}) | step / {args.baseline} |")
-    print("|---|---:|---:|")
+    print(
+        f"\n| method | step ms (median of {args.rounds}) | step / {args.baseline} | task start s "
+        f"| step loop s | task end s | task s | task / {args.baseline} |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, res in results["methods"].items():
-        print(f"| {name} | {1000 * res['step_s']:.0f} | {res['ratio']:.2f} |")
+        print(
+            f"| {name} | {1000 * res['step_s']:.0f} | {res['ratio']:.2f} | {res['start_s']:.1f} "
+            f"| {res['train_s']:.1f} | {res['end_s']:.1f} | {res['task_s']:.1f} "
+            f"| {res['task_ratio']:.2f} |"
+        )
     print(f"\nwrote {out / 'step.json'}")
     return 0
 
@@ -157,7 +165,7 @@ def _demo(args: argparse.Namespace) -> int:
     """A short class-incremental run of janus alone: `bench cl`'s quick preset."""
     args.methods, args.quick, args.ablation, args.epochs = ("janus",), True, False, None
     args.preset = "quick"
-    args.set, args.seeds, args.no_tune = [], 1, True
+    args.set, args.seeds, args.no_tune, args.step_sizes_from = [], 1, True, None
     return _bench_cl(args)
 
 
@@ -231,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every method's default step size (default: each chosen on a validation "
         "split carved from the training data)",
+    )
+    cl.add_argument(
+        "--step-sizes-from",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="reuse the step sizes an earlier run chose (its results.json) instead of searching",
     )
     cl.add_argument(
         "--preset",

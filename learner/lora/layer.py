@@ -1,9 +1,10 @@
 """A LoRA layer over nn.Linear, 1x1 nn.Conv2d, or a row block of a fused qkv projection.
 
 `ΔW = s·B·A` (DESIGN.md §3): `B` m×r starts at 0, `A` r×n, `s = α/r`. The delta applies to the
-output rows `rows` of the base weight (all rows, or the K and V rows of a ViT qkv), so `m` is the
-number of adapted rows and `n` the input width. A 1x1 convolution is the same map over channels
-with every pixel a token.
+output rows `rows` of the base weight (all rows, or the K or the V rows of a ViT qkv), so `m` is
+the number of adapted rows and `n` the input width. A 1x1 convolution is the same map over
+channels with every pixel a token. A layer may wrap another LoRA layer over the same weight: a
+ViT's fused qkv gets a K layer wrapped by a V layer, each with its own A and B (as InfLoRA).
 
 The layer also hosts the hooks the Janus-LoRA components need: an input observer (Online
 Estimation adds `XᵀX`) and a gradient sink (Gradient Rectification): in backward it receives the
@@ -28,16 +29,24 @@ class LoRALayer(nn.Module):
     """Wraps `base_layer`; adds `s·B·A` to output rows `rows[0]:rows[1]`."""
 
     def __init__(
-        self, base_layer: nn.Module, rank: int, alpha: float, rows: tuple[int, int] | None = None
+        self,
+        base_layer: nn.Module,
+        rank: int,
+        alpha: float,
+        rows: tuple[int, int] | None = None,
+        tag: str = "",
     ) -> None:
         super().__init__()
-        if isinstance(base_layer, nn.Conv2d):
-            if base_layer.kernel_size != (1, 1) or base_layer.groups != 1:
+        root = base_layer.root if isinstance(base_layer, LoRALayer) else base_layer
+        if isinstance(root, nn.Conv2d):
+            if root.kernel_size != (1, 1) or root.groups != 1:
                 raise ValueError("LoRA on Conv2d needs a 1x1 kernel and groups=1")
-        elif not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"LoRA wraps nn.Linear or 1x1 nn.Conv2d, not {type(base_layer)}")
+        elif not isinstance(root, nn.Linear):
+            raise TypeError(f"LoRA wraps nn.Linear or 1x1 nn.Conv2d, not {type(root)}")
         self.base_layer = base_layer
-        out_features = base_layer.weight.shape[0]
+        self.root: nn.Linear | nn.Conv2d = root  # the weight every wrapped layer adapts
+        self.tag = tag  # "k" / "v" for the two adapters of a fused qkv, else ""
+        out_features = root.weight.shape[0]
         self.rows = rows if rows is not None else (0, out_features)
         if not 0 <= self.rows[0] < self.rows[1] <= out_features:
             raise ValueError(f"rows {self.rows} outside the {out_features} output rows")
@@ -51,7 +60,7 @@ class LoRALayer(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return int(self.base_layer.weight.shape[1])
+        return int(self.root.weight.shape[1])
 
     @property
     def out_features(self) -> int:
@@ -60,7 +69,7 @@ class LoRALayer(nn.Module):
     @property
     def weight_2d(self) -> torch.Tensor:
         """The base weight as (out, in); a view, so updates reach the layer."""
-        w = self.base_layer.weight
+        w = self.root.weight
         return w.view(w.shape[0], w.shape[1])
 
     def reset_factors(self, a: torch.Tensor) -> None:
@@ -85,8 +94,8 @@ class LoRALayer(nn.Module):
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs as rows: (..., n) for Linear, (B, n, H, W) → (B·H·W, n) for conv."""
-        if isinstance(self.base_layer, nn.Conv2d):
-            stride = self.base_layer.stride
+        if isinstance(self.root, nn.Conv2d):
+            stride = self.root.stride
             if stride != (1, 1):
                 x = x[:, :, :: stride[0], :: stride[1]]
             return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -99,8 +108,8 @@ class LoRALayer(nn.Module):
         if not self.active:
             return y
         r0, r1 = self.rows
-        if isinstance(self.base_layer, nn.Conv2d):
-            stride = self.base_layer.stride
+        if isinstance(self.root, nn.Conv2d):
+            stride = self.root.stride
             a = self.lora_A[:, :, None, None]  # (r, n, 1, 1)
             b = self.lora_B[:, :, None, None]  # (m, r, 1, 1)
             delta = F.conv2d(F.conv2d(x, a, stride=stride), b) * self.scale  # (B, m, H', W')
@@ -120,7 +129,7 @@ class LoRALayer(nn.Module):
         if sink is None or not delta.requires_grad:
             return
         tokens = self._tokens(x.detach())  # (T, n)
-        conv = isinstance(self.base_layer, nn.Conv2d)
+        conv = isinstance(self.root, nn.Conv2d)
 
         def hook(grad: torch.Tensor) -> None:
             g = grad.permute(0, 2, 3, 1) if conv else grad  # (B, H', W', m) or (..., m)
@@ -129,4 +138,5 @@ class LoRALayer(nn.Module):
         delta.register_hook(hook)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scale={self.scale:g}, rows={self.rows}"
+        tag = f", tag={self.tag}" if self.tag else ""
+        return f"rank={self.rank}, scale={self.scale:g}, rows={self.rows}{tag}"

@@ -1,7 +1,7 @@
 """Injects LoRA layers into a timm model by module-name patterns; factors out and in as tensors.
 
-Defaults follow DESIGN.md §3: ViT — the K and V rows of every fused `attn.qkv` (Q untouched);
-ConvNets — every 1x1 convolution.
+Defaults follow DESIGN.md §3: ViT — the K and V rows of every fused `attn.qkv` (Q untouched), K
+and V each with its own adapter, named `<qkv>.k` and `<qkv>.v`; ConvNets — every 1x1 convolution.
 """
 
 from __future__ import annotations
@@ -61,21 +61,30 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> dict[str, LoRALayer]:
     layers: dict[str, LoRALayer] = {}
     for name in find_targets(model, cfg):
         module = model.get_submodule(name)
-        rows = None
         if isinstance(module, nn.Linear) and _is_fused_qkv(name, module):
-            d = module.in_features
-            rows = (d, 3 * d)  # K and V rows of the fused (Q; K; V) weight
-        layer = LoRALayer(module, cfg.rank, cfg.alpha, rows=rows)
+            d = module.in_features  # rows of the fused (Q; K; V) weight: K d..2d, V 2d..3d
+            k = LoRALayer(module, cfg.rank, cfg.alpha, rows=(d, 2 * d), tag="k")
+            layer = LoRALayer(k, cfg.rank, cfg.alpha, rows=(2 * d, 3 * d), tag="v")
+            layers[f"{name}.k"], layers[f"{name}.v"] = k, layer
+        else:
+            layer = LoRALayer(module, cfg.rank, cfg.alpha)
+            layers[name] = layer
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
-        layers[name] = layer
     return layers
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
-    """The LoRA layers of an injected model, by the name of the module they replaced."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALayer)}
+    """The LoRA layers of an injected model, named as `inject_lora` names them: the module they
+    replaced, plus `.k` / `.v` for the two adapters of a fused qkv."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALayer):
+            while name.endswith(".base_layer"):
+                name = name.removesuffix(".base_layer")
+            out[f"{name}.{module.tag}" if module.tag else name] = module
+    return out
 
 
 def get_factors(layers: dict[str, LoRALayer]) -> dict[str, torch.Tensor]:

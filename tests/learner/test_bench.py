@@ -118,6 +118,23 @@ def test_step_size_is_chosen_on_validation(tmp_path: Path, digits) -> None:
     assert tune_step_size("seq-lora", split, fixed) == {}  # a --set step size wins
 
 
+def test_step_sizes_chosen_before_are_reused(tmp_path: Path, digits) -> None:
+    from learner.bench import chosen_step_sizes
+
+    earlier = tmp_path / "earlier.json"
+    tuned = {"key": "lr", "value": 0.0123, "search": [{"value": 0.0123, "val_acc": 50.0}]}
+    earlier.write_text(json.dumps({"methods": {"seq-lora": {"tuned": tuned}, "frozen": {}}}))
+    cfg = _tiny_bench(tmp_path, digits, ("seq-lora",))
+    cfg.tune, cfg.chosen = True, chosen_step_sizes(earlier)
+    assert cfg.chosen == {"seq-lora": tuned}
+    lines: list[str] = []
+    results = run_benchmark(cfg, tmp_path / "out", log=lines.append)
+    assert results["methods"]["seq-lora"]["tuned"] == tuned  # no new search
+    assert any("0.0123 chosen on validation" in line and "earlier run" in line for line in lines)
+    with pytest.raises(ValueError, match=r"results\.json"):
+        chosen_step_sizes(tmp_path / "missing.json")
+
+
 def test_cli_lists_every_preset() -> None:
     from service.cli import build_parser
 
@@ -170,7 +187,10 @@ def test_step_bench_interleaves_methods_and_reports_median_ratios(tmp_path: Path
         assert len(res["samples_s"]) == 3 and all(s > 0 for s in res["samples_s"])
         assert res["step_s"] == float(np.median(res["samples_s"]))
         assert res["ratio"] == pytest.approx(res["step_s"] / base)
+        assert res["task_s"] == pytest.approx(res["start_s"] + res["train_s"] + res["end_s"])
+        assert res["train_s"] > 0 and res["end_s"] > 0
     assert results["methods"]["seq-lora"]["ratio"] == 1.0
+    assert results["methods"]["seq-lora"]["task_ratio"] == 1.0
 
 
 def test_step_bench_refuses_a_method_that_trains_nothing(tmp_path: Path, digits) -> None:

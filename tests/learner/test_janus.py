@@ -554,3 +554,29 @@ def test_the_energy_threshold_rises_linearly_then_holds() -> None:
 def test_known_class_is_refused(first_task: TaskResult, digits) -> None:
     with pytest.raises(ValueError, match="already learned"):
         learn_task(first_task.state, _two_tasks(digits)[0], _cfg())
+
+
+def test_augmentation_draws_a_flip_and_shift_per_sample() -> None:
+    side = 16
+    image = torch.arange(side * side, dtype=torch.uint8).reshape(1, 1, side, side)
+    batch = image.repeat(64, 1, 1, 1)  # 64 copies of one image
+    out = prepare(batch, side, augment=True, generator=torch.Generator().manual_seed(0))
+    distinct = {tuple(x.flatten().tolist()) for x in out}
+    assert len(distinct) > 10  # one offset for the whole batch would give one image
+    again = prepare(batch, side, augment=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    plain = prepare(batch, side)
+    assert torch.equal(plain[0, 0], image[0, 0].float())
+
+
+def test_data_and_method_streams_are_independent_and_repeatable() -> None:
+    from learner.train import Streams
+
+    a, b = Streams.for_task(0, 1), Streams.for_task(0, 1)
+    draws = torch.rand(4, generator=a.data)
+    assert torch.equal(draws, torch.rand(4, generator=b.data))
+    torch.rand(100, generator=a.method)  # a method that draws more…
+    assert torch.equal(
+        torch.rand(4, generator=a.data), torch.rand(4, generator=b.data)
+    )  # …same data
+    assert not torch.equal(torch.rand(4, generator=Streams.for_task(0, 2).data), draws)

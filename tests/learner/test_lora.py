@@ -65,19 +65,30 @@ def test_factors_out_and_in_rebuild_the_same_weights(kind: str) -> None:
         assert torch.allclose(layer.weight_2d, fresh_layers[name].weight_2d, atol=1e-6)
 
 
-def test_vit_adapts_only_k_and_v_rows() -> None:
+def test_vit_adapts_k_and_v_rows_with_separate_adapters() -> None:
     bb = create_backbone(TINY_BACKBONES["vit"])
     layers = inject_lora(bb.model, LoRAConfig(rank=4))
-    assert layers and all(name.endswith("attn.qkv") for name in layers)
-    qkv = next(iter(layers.values()))
-    d = qkv.in_features
-    assert qkv.rows == (d, 3 * d)
+    qkvs = sorted({name.rpartition(".")[0] for name in layers})
+    assert qkvs and all(name.endswith("attn.qkv") for name in qkvs)
+    assert sorted(layers) == sorted(f"{q}.{t}" for q in qkvs for t in ("k", "v"))
+    assert lora_layers(bb.model) == layers  # the same names from the model alone
+    k, v = layers[f"{qkvs[0]}.k"], layers[f"{qkvs[0]}.v"]
+    d = k.in_features
+    assert (k.rows, v.rows) == ((d, 2 * d), (2 * d, 3 * d))
+    assert k.weight_2d.data_ptr() == v.weight_2d.data_ptr()  # one fused weight
+    qkv = bb.model.get_submodule(qkvs[0])
     x = torch.randn(5, d)
     before = qkv(x)
-    _fill_factors({"q": qkv})
+    _fill_factors({"k": k})  # only K's adapter
+    after_k = qkv(x)
+    assert torch.equal(after_k[:, :d], before[:, :d])  # Q untouched
+    assert not torch.allclose(after_k[:, d : 2 * d], before[:, d : 2 * d])  # K adapted
+    assert torch.equal(after_k[:, 2 * d :], before[:, 2 * d :])  # V not by K's adapter
+    _fill_factors({"v": v})
     after = qkv(x)
-    assert torch.equal(after[:, :d], before[:, :d])  # Q untouched
-    assert not torch.allclose(after[:, d:], before[:, d:])  # K, V adapted
+    assert torch.equal(after[:, : 2 * d], after_k[:, : 2 * d])
+    assert not torch.allclose(after[:, 2 * d :], before[:, 2 * d :])
+    assert k.lora_A.data_ptr() != v.lora_A.data_ptr()
 
 
 def test_convnet_targets_are_the_1x1_convolutions() -> None:

@@ -118,7 +118,11 @@ def test_help_names_the_methods_and_the_exit_codes(capsys: pytest.CaptureFixture
     assert "exit codes: 0 success 1 failure" in text and "2 usage error" in text
     assert main(["learn", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "janus, inflora, lora-gpm, lora-gpm-proj" in text and "(default: janus)" in text and "design_samples" in text
+    assert (
+        "janus, inflora, lora-gpm, lora-gpm-proj" in text
+        and "(default: janus)" in text
+        and "design_samples" in text
+    )
 
 
 @pytest.mark.parametrize(
