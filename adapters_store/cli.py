@@ -48,8 +48,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        # method names and options have hyphens: never break a line inside one
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+        # method names, options and lists of them: never break a line inside one
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
 
 
 class Parser(argparse.ArgumentParser):

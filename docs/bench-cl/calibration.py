@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = BenchConfig(preset=args.preset, train_overrides={"num_threads": args.threads})
-    tasks = load_split(cfg)
+    tasks = load_split(cfg).test
     train_cfg = _train_config(cfg, args.method)
     state = initial_state(cfg)
     for task in tasks:

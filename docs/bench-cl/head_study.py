@@ -98,7 +98,7 @@ def main() -> None:
     cfg = BenchConfig(
         preset=args.preset, train_overrides={"num_threads": args.threads, **overrides}
     )
-    tasks = load_split(cfg)  # equal test sizes per task: ACC is the mean of the last row
+    tasks = load_split(cfg).test  # equal test sizes per task: ACC is the mean of the last row
     train_cfg = _train_config(cfg, args.method)
     state = initial_state(cfg)
     dim = build_model(state).num_features
