@@ -48,10 +48,10 @@ format: setup
 readme-settings: setup  ## regenerate README.md's table of JANUS_* variables from the settings models
 	$(PY) -c "from pathlib import Path; from service.envdoc import rewrite_readme; rewrite_readme(Path('README.md'))"
 
-bench: setup data  ## the main table: janus, baselines, references; 3 seeds, step sizes tuned on validation
+bench: setup data  ## the main table: janus, baselines, references; 3 orders, step sizes chosen on validation (about 70 min)
 	$(VENV)/bin/janus bench cl --threads 2 --out runs/bench-cl
 
-bench-ablation: setup data  ## the paper's ablation grid (none, OE, GR, DML, OE+GR, OE+DML, all), 3 seeds
+bench-ablation: setup data  ## the paper's ablation grid (none, OE, GR, DML, OE+GR, OE+DML, all), 3 orders (about 2 h)
 	$(VENV)/bin/janus bench cl --threads 2 --methods janus --ablation --out runs/bench-ablation
 
 bench-quick: setup data

@@ -336,7 +336,8 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
         )
         for name, t in tuned.items():
             searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in t["search"])
-            parts.append(f"| {name} | {t['key']} | {searched} | {t['value']:g} |\n")
+            shared = f" (shared from {t['shared_from']})" if t.get("shared_from") else ""
+            parts.append(f"| {name} | {t['key']} | {searched} | {t['value']:g}{shared} |\n")
     for name, m in methods.items():
         parts.append(f"\n## {name}: accuracy matrix (%)\n\n{matrix_markdown(m['matrix'])}")
     if results.get("config"):

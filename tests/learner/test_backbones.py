@@ -69,7 +69,11 @@ def test_paper_vit_config_builds_through_the_same_code() -> None:
     bb = create_backbone(BackboneConfig(name="vit_base_patch16_224.augreg_in21k", weights="none"))
     assert bb.num_features == 768 and bb.spec.size == 224
     layers = inject_lora(bb.model, LoRAConfig())
-    assert len(layers) == 12 and all(layer.rows == (768, 2304) for layer in layers.values())
+    assert len(layers) == 24  # K and V of 12 blocks, each its own adapter
+    assert all(
+        layer.rows == ((768, 1536) if name.endswith(".k") else (1536, 2304))
+        for name, layer in layers.items()
+    )
 
 
 def test_random_init_is_the_same_in_every_process() -> None:

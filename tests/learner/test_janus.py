@@ -347,7 +347,7 @@ def test_interference_is_the_relative_output_change_on_earlier_inputs() -> None:
         layer.lora_B.copy_(torch.randn(24, 4))
         layer.lora_A.add_(0.1 * torch.randn(4, 32))  # A leaks into span(M)
     sub = SubspaceState(basis, (x.T @ x).double(), len(x))
-    w, delta = layer.base_layer.weight, layer.get_delta_weight().detach()
+    w, delta = layer.base_layer.weight.detach(), layer.get_delta_weight().detach()
     inside = x @ basis @ basis.T  # the inputs' part in the protected subspace
     violation, drift = interference(layer, sub, basis)
     assert drift == pytest.approx(float((x @ delta.T).norm() / (x @ w.T).norm()), rel=1e-4)
