@@ -62,8 +62,8 @@ class FactorAdam:
             layer.lora_B.requires_grad_(False)
 
 
-class ProjectedGradientAdam(FactorAdam):
-    """LoRA-GPM as published: `∇A ← ∇A Q` before Adam; A itself is never re-projected."""
+class _ProtectedAdam(FactorAdam):
+    """Adam on A and B with each layer's projector `x ↦ x Q` at hand."""
 
     def __init__(
         self,
@@ -74,6 +74,10 @@ class ProjectedGradientAdam(FactorAdam):
     ) -> None:
         super().__init__(layers, lr, weight_decay, train_a=True)
         self.projectors = {name: Projector(bases[name]) for name in layers}
+
+
+class ProjectedGradientAdam(_ProtectedAdam):
+    """LoRA-GPM as published: `∇A ← ∇A Q` before Adam; A itself is never re-projected."""
 
     @torch.no_grad()
     def step(self) -> None:
@@ -84,18 +88,8 @@ class ProjectedGradientAdam(FactorAdam):
         self.optimizer.step()
 
 
-class ReprojectedAdam(FactorAdam):
+class ReprojectedAdam(_ProtectedAdam):
     """Adam on A and B, then `A ← A Q`: the step's leak into span(M) is undone every time."""
-
-    def __init__(
-        self,
-        layers: dict[str, LoRALayer],
-        bases: dict[str, torch.Tensor],
-        lr: float,
-        weight_decay: float,
-    ) -> None:
-        super().__init__(layers, lr, weight_decay, train_a=True)
-        self.projectors = {name: Projector(bases[name]) for name in layers}
 
     @torch.no_grad()
     def step(self) -> None:
