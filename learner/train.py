@@ -352,16 +352,12 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
     return _Run(step, step_times, loss_value, train_s, accs)
 
 
-def output_change(layer: LoRALayer, cov: torch.Tensor) -> float:
-    """`√(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ))` for the layer's current task (DESIGN.md §3, 'Interference').
+def _relative_change(delta: torch.Tensor, w: torch.Tensor, cov: torch.Tensor) -> float:
+    """`√(tr(ΔW C ΔWᵀ) / tr(W C Wᵀ))` (DESIGN.md §3, 'Interference'), NaN when the base is 0.
 
-    With C (n×n) the second moment of some inputs, this is the root-mean-square change of the
-    layer's output on those inputs relative to the output itself, computed from the statistics
-    alone (no sample kept). NaN when C is empty.
+    With C the second moment of some inputs, this is the root-mean-square change of the layer's
+    output on those inputs relative to the output itself, from the statistics alone.
     """
-    r0, r1 = layer.rows
-    delta = layer.get_delta_weight().double()  # (m, n)
-    w = layer.weight_2d[r0:r1].double()  # (m, n), before the merge
     moved = torch.sum((delta @ cov) * delta).item()  # tr(ΔW C ΔWᵀ)
     base = torch.sum((w @ cov) * w).item()  # tr(W C Wᵀ)
     return math.sqrt(max(moved, 0.0) / base) if base > 0 else math.nan
@@ -371,19 +367,22 @@ def interference(layer: LoRALayer, sub: SubspaceState, basis: torch.Tensor) -> t
     """(violation, drift) of the layer's current task against earlier tasks' inputs.
 
     violation: the output change on the protected subspace, C_M = P C P with P = M Mᵀ and C the
-    running covariance (zero when ΔW M = 0); NaN for a method that protects nothing.
+    running covariance (zero when ΔW M = 0); NaN for a method that protects nothing. Computed as
+    `tr((ΔW M)(MᵀCM)(ΔW M)ᵀ)`, the same trace without forming the n×n products.
     drift: the output change on all earlier inputs, C itself (the energy outside span(M),
     1 − ε, is left unprotected by design). Both NaN before any input was observed.
     """
     if sub.count == 0:
         return math.nan, math.nan
     cov = sub.covariance  # (n, n) float64
-    drift = output_change(layer, cov)
+    r0, r1 = layer.rows
+    delta = layer.get_delta_weight().double()  # (m, n)
+    w = layer.weight_2d[r0:r1].double()  # (m, n), before the merge
+    drift = _relative_change(delta, w, cov)
     if basis.shape[1] == 0:
         return math.nan, drift
     m = basis.double()  # (n, k)
-    p = m @ m.T  # (n, n): projector onto span(M)
-    return output_change(layer, p @ cov @ p), drift
+    return _relative_change(delta @ m, w @ m, m.T @ cov @ m), drift  # (m, k), (m, k), (k, k)
 
 
 def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
