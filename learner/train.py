@@ -306,7 +306,7 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
     old_protos: torch.Tensor | None = None  # (C_old, d): what DML pushes away from
     margins: torch.Tensor = torch.tensor(math.nan)
     if method.margin_loss and stats is not None and stats.num_classes > 0:
-        old_protos = F.normalize(stats.means, dim=-1).float()
+        old_protos = task.state.prototypes  # normalize(stats.means), stored with the version
         margins = data_margins(stats) if cfg.dml_margin is None else torch.tensor(cfg.dml_margin)
     online = method.protect and method.online_estimation
     accs = _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method) if online else {}
