@@ -32,7 +32,7 @@ from learner.data import (
 )
 from learner.data import per_class_limit as limit_per_class
 from learner.methods import ABLATIONS, BASELINES, get_method
-from learner.metrics import AccuracyMatrix, write_results
+from learner.metrics import AccuracyMatrix, mean_std, write_results
 from learner.state import LearnerState
 from learner.train import ProgressFn, evaluate, learn_task
 
@@ -295,7 +295,7 @@ def run_benchmark(
         res["tuned"] = tuned
         results["methods"][name] = res
         log(
-            f"{name}: ACC {_pm(res['acc'], res['acc_std'])}  BWT {_pm(res['bwt'], res['bwt_std'])}"
+            f"{name}: ACC {mean_std(res, 'acc')}  BWT {mean_std(res, 'bwt')}"
             + ("" if res["violation"] is None else f"  violation {res['violation']:.2e}")
             + ("" if res["step_s"] is None else f"  step {1000 * res['step_s']:.0f} ms")
             + f"  ({time.perf_counter() - t0:.0f} s)"
@@ -317,12 +317,6 @@ def chosen_step_sizes(results_json: Path) -> dict[str, dict[str, Any]]:
             "of an earlier `janus bench cl` run"
         ) from None
     return {name: m["tuned"] for name, m in methods.items() if m.get("tuned")}
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
 _AVERAGED = ("acc", "maa", "bwt", "violation", "drift", "invasion", "train_s", "step_s", "steps")

@@ -29,6 +29,7 @@ __all__ = [
     "accuracy_from_counts",
     "markdown_table",
     "matrix_markdown",
+    "mean_std",
     "write_results",
 ]
 
@@ -219,7 +220,7 @@ def _per_task(m: Mapping[str, Any]) -> list[float]:
     return out
 
 
-def _pm(m: Mapping[str, Any], key: str, spec: str) -> str:
+def mean_std(m: Mapping[str, Any], key: str, spec: str = ".2f") -> str:
     """``mean ± std`` of a result's ``key`` (its ``key_std`` if present and set)."""
     std = m.get(f"{key}_std")
     text = _fmt(m.get(key), spec)
@@ -252,12 +253,17 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     ]
     for name, m in methods.items():
         step = m.get("step_s")
-        cells = [name, _pm(m, "acc", ".2f"), _pm(m, "maa", ".2f"), _pm(m, "bwt", "+.2f")]
+        cells = [
+            name,
+            mean_std(m, "acc", ".2f"),
+            mean_std(m, "maa", ".2f"),
+            mean_std(m, "bwt", "+.2f"),
+        ]
         if interference:
             cells += [_fmt(m.get("violation"), ".1e"), _fmt(m.get("drift"), ".1e")]
         if paired:
             vs = m.get("vs_janus") or {}
-            cells += [_pm(vs, "acc", "+.2f"), _pm(vs, "bwt", "+.2f")]
+            cells += [mean_std(vs, "acc", "+.2f"), mean_std(vs, "bwt", "+.2f")]
         cells += [
             _fmt(m.get("train_s"), ".1f"),
             _fmt(None if step is None else 1000.0 * step, ".1f"),
