@@ -15,14 +15,14 @@ so a small B (early in a task) does not blow ΔA up.
 
 *(ours)* Rebalancing after every step: left alone, `ΔA ≈ B⁺U/s` makes ‖A‖ grow about linearly
 while B stays small, and the step's second-order term `η² s ΔB ΔA` (dropped by the closed form)
-grows as large as the first-order one. `A = U_A Σ V_Aᵀ` (thin SVD, r×n) is replaced by `Vᵀ` and B
-absorbs `U_A Σ`: the product `B A`, hence ΔW, is unchanged, A keeps orthonormal rows (as the
-task-start design gives them) and its row space, so A M = 0 holds without re-projecting A.
+grows as large as the first-order one. A is replaced by an orthonormal basis of its row space
+(`L⁻¹A` with `AAᵀ = L Lᵀ`) and B absorbs `L`: the product `B A`, hence ΔW, is unchanged, A keeps
+orthonormal rows (as the task-start design gives them) and its row space, so A M = 0 holds
+without re-projecting A.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -33,12 +33,12 @@ from learner.lora.layer import LoRALayer
 _FLOOR = 1e-12
 
 
-def _damped_gram_inverse(x: torch.Tensor, damping: float) -> torch.Tensor:
-    """(XᵀX + δI)⁻¹ for X (p, r), δ = damping·tr(XᵀX)/r + floor."""
-    gram = x.T @ x  # (r, r)
+def _damped_inverse(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    """(G + δI)⁻¹ for a Gram matrix G (r, r), δ = damping·tr(G)/r + floor."""
     r = gram.shape[0]
-    delta = damping * torch.trace(gram) / r + _FLOOR
-    return torch.linalg.inv(gram + delta * torch.eye(r, dtype=x.dtype))
+    damped = gram.clone()
+    damped.diagonal().add_(torch.trace(gram) * (damping / r) + _FLOOR)
+    return torch.linalg.inv(damped)
 
 
 def factor_updates(
@@ -57,20 +57,27 @@ def factor_updates_from(
     damping: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`factor_updates` from the only two products of U it needs: Bᵀ U (r×n) and U Aᵀ (m×r)."""
-    gb_inv = _damped_gram_inverse(b, damping)  # (r, r): (BᵀB + δI)⁻¹
-    ga_inv = _damped_gram_inverse(a.T, damping)  # (r, r): (AAᵀ + δI)⁻¹
-    delta_a = gb_inv @ bt_u / scale  # (r, n)
+    gb_inv = _damped_inverse(b.T @ b, damping)  # (r, r): (BᵀB + δI)⁻¹
+    ga_inv = _damped_inverse(a @ a.T, damping)  # (r, r): (AAᵀ + δI)⁻¹
+    delta_a = (gb_inv / scale) @ bt_u  # (r, n)
     pb_u_at = b @ (gb_inv @ (b.T @ u_at))  # (m, r): P_B U Aᵀ
-    delta_b = (u_at - pb_u_at) @ ga_inv / scale  # (m, r)
+    delta_b = (u_at - pb_u_at) @ (ga_inv / scale)  # (m, r)
     return delta_a, delta_b
 
 
 def rebalance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Factors (A' r×n, B' m×r) with `B' A' = B A` and orthonormal (or zero) rows of A'.
 
-    Rows of A' lie in A's row space; directions A does not span (zero singular values) get zero
-    rows, never arbitrary ones, so A' M = 0 whenever A M = 0.
+    Rows of A' lie in A's row space. With A well conditioned (as after a step from orthonormal
+    rows), `AAᵀ = L Lᵀ` (Cholesky) gives `A' = L⁻¹ A`, `B' = B L` (cheap: r×r work and one
+    triangular solve). Otherwise (zero rows, when the basis leaves fewer than r free directions)
+    the thin SVD: directions A does not span get zero rows, never arbitrary ones, so A' M = 0
+    whenever A M = 0.
     """
+    chol, info = torch.linalg.cholesky_ex(a @ a.T)  # (r, r) lower
+    diag = chol.diagonal()
+    if int(info) == 0 and bool(diag.min() > 0.1 * diag.max()):  # L⁻¹ amplifies rounding ≤ ~10×
+        return torch.linalg.solve_triangular(chol, a, upper=False), b @ chol  # (r, n), (m, r)
     u, sigma, vh = torch.linalg.svd(a, full_matrices=False)  # (r, r), (r,), (r, n)
     keep = sigma > sigma.max().clamp_min(_FLOOR) * 1e-6  # (r,)
     return vh * keep[:, None], b @ (u * sigma)  # (r, n), (m, r)
@@ -80,15 +87,18 @@ def composite_update(
     a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, damping: float
 ) -> torch.Tensor:
     """`P_B U + (I − P_B) U P_A` (m×n): what the factor updates realise (for tests)."""
-    p_b = b @ _damped_gram_inverse(b, damping) @ b.T  # (m, m)
-    p_a = a.T @ _damped_gram_inverse(a.T, damping) @ a  # (n, n)
+    p_b = b @ _damped_inverse(b.T @ b, damping) @ b.T  # (m, m)
+    p_a = a.T @ _damped_inverse(a @ a.T, damping) @ a  # (n, n)
     return p_b @ u + (u - p_b @ u) @ p_a
 
 
 class GradientRectifier:
     """Adam on the safe update `D = g Q` of every adapted layer, applied through its factors.
 
-    Implements `learner.updates.UpdateRule`.
+    Implements `learner.updates.UpdateRule`. The Adam moments live on D (m×n per layer) in one
+    fused `torch.optim.Adam` over zeroed buffers P at step size 1: a step leaves exactly
+    `P = −AdamDirection(D)` (one kernel for every layer instead of seven element-wise passes
+    per layer), which the factor updates read before P is zeroed again.
     """
 
     def __init__(
@@ -102,10 +112,11 @@ class GradientRectifier:
     ) -> None:
         self.layers = layers
         self.projectors = {name: Projector(bases[name]) for name in layers}  # x ↦ x Q per layer
-        self.lr, self.damping, self.betas, self.eps = lr, damping, betas, eps
-        self.step_count = 0
-        self.exp_avg = {n: torch.zeros(ly.out_features, ly.in_features) for n, ly in layers.items()}
-        self.exp_avg_sq = {n: torch.zeros_like(m) for n, m in self.exp_avg.items()}
+        self.lr, self.damping = lr, damping
+        self.buffers = {n: torch.zeros(ly.out_features, ly.in_features) for n, ly in layers.items()}
+        self.optimizer = torch.optim.Adam(
+            list(self.buffers.values()), lr=1.0, betas=betas, eps=eps, fused=True
+        )
         self.grads: dict[str, torch.Tensor] = {}  # g = ∂L/∂W (m×n) of the last backward
         for name, layer in layers.items():
             layer.lora_A.requires_grad_(False)
@@ -124,45 +135,60 @@ class GradientRectifier:
         for layer in self.layers.values():
             layer.lora_B.grad = None
 
+    def first_moment(self, name: str) -> torch.Tensor:
+        """Adam's first moment of the layer's D (m×n); zeros before the first step."""
+        state = self.optimizer.state.get(self.buffers[name], {})
+        return state.get("exp_avg", torch.zeros_like(self.buffers[name]))
+
     @torch.no_grad()
-    def adam_direction(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """`AdamDirection(g Q)` (m×n) for the layer's gradient g (m×n); updates the moments.
+    def adam_directions(self) -> dict[str, torch.Tensor]:
+        """`V = AdamDirection(g Q)` (m×n) of every layer with a gradient; updates the moments.
 
-        The safe update is this direction times Q; `step` never forms it (see there).
+        The safe update is `U = V Q`; `step` never forms it (see there).
         """
-        beta1, beta2 = self.betas
-        d = self.projectors[name](grad)  # D = g Q
-        m, v = self.exp_avg[name], self.exp_avg_sq[name]
-        m.mul_(beta1).add_(d, alpha=1 - beta1)
-        v.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-        bias1 = 1 - beta1**self.step_count
-        bias2 = 1 - beta2**self.step_count
-        denom = (v.sqrt() / math.sqrt(bias2)).add_(self.eps)
-        return torch.div(m, denom).div_(bias1)  # Adam: (m/b1) / (√(v/b2) + eps)
+        moved = self._adam_step()
+        directions = {name: -p for name, p in moved.items()}
+        self._clear(moved)
+        return directions
 
-    def safe_direction(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """`U = AdamDirection(g Q) Q` (m×n), formed in full (tests and reading)."""
-        return self.projectors[name](self.adam_direction(name, grad))
+    def safe_directions(self) -> dict[str, torch.Tensor]:
+        """`U = V Q` (m×n) of every layer, formed in full (tests and reading)."""
+        return {n: self.projectors[n](v) for n, v in self.adam_directions().items()}
+
+    def _adam_step(self) -> dict[str, torch.Tensor]:
+        """One fused Adam step on D = g Q; returns the moved buffers, each now −V."""
+        moved = {}
+        for name, p in self.buffers.items():
+            grad = self.grads.get(name)
+            p.grad = None if grad is None else self.projectors[name](grad)  # D = g Q
+            if grad is not None:
+                moved[name] = p
+        self.optimizer.step()  # P = 0 − 1·m̂/(√v̂ + eps)
+        return moved
+
+    @staticmethod
+    def _clear(moved: dict[str, torch.Tensor]) -> None:
+        for p in moved.values():
+            p.grad = None
+            p.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
         """One GR step on every layer.
 
-        The factor updates need only `Bᵀ U = (Bᵀ V) Q` (r×n) and `U Aᵀ = V (A Q)ᵀ` (m×r) of
-        `U = V Q`, V the Adam direction: projecting those small products, not V (m×n), saves a
-        projection of every layer's full weight per step (the same update).
+        The factor updates need only `Bᵀ U = (Bᵀ V) Q` (r×n) and `U Aᵀ = V (A Q)ᵀ = V Aᵀ` (m×r)
+        of `U = V Q`, V the Adam direction (A Q = A since A M = 0 holds): projecting the small
+        product, not V (m×n), saves a projection of every layer's full weight per step.
         """
-        self.step_count += 1
-        for name, layer in self.layers.items():
-            if name not in self.grads:
-                continue
-            v = self.adam_direction(name, self.grads[name])  # (m, n)
+        moved = self._adam_step()
+        for name, neg_v in moved.items():  # −V per layer
+            layer = self.layers[name]
             a, b = layer.lora_A, layer.lora_B
-            project = self.projectors[name]
-            bt_u = project(b.T @ v)  # (r, n): Bᵀ V Q
-            u_at = v @ project(a).T  # (m, r): V Q Aᵀ
+            bt_u = -self.projectors[name](b.T @ neg_v)  # (r, n): Bᵀ V Q, so ΔA M = 0 exactly
+            u_at = -(neg_v @ a.T)  # (m, r): V Q Aᵀ = V Aᵀ
             delta_a, delta_b = factor_updates_from(a, b, bt_u, u_at, layer.scale, self.damping)
             _apply(layer, delta_a, delta_b, self.lr)
+        self._clear(moved)
 
     def release(self) -> None:
         """Detach from the layers: no sink, factors frozen."""

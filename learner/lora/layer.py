@@ -102,8 +102,10 @@ class LoRALayer(nn.Module):
         return x.reshape(-1, x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = None  # (T, n), formed once for the observer and the sink
         if self.observer is not None:
-            self.observer(self._tokens(x.detach()))
+            tokens = self._tokens(x.detach())
+            self.observer(tokens)
         y = self.base_layer(x)
         if not self.active:
             return y
@@ -113,22 +115,25 @@ class LoRALayer(nn.Module):
             a = self.lora_A[:, :, None, None]  # (r, n, 1, 1)
             b = self.lora_B[:, :, None, None]  # (m, r, 1, 1)
             delta = F.conv2d(F.conv2d(x, a, stride=stride), b) * self.scale  # (B, m, H', W')
-            self._sink_gradient(x, delta)
+            self._sink_gradient(x, tokens, delta)
             if (r0, r1) == (0, y.shape[1]):
                 return y + delta
             return torch.cat([y[:, :r0], y[:, r0:r1] + delta, y[:, r1:]], dim=1)
         delta = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale  # (..., m)
-        self._sink_gradient(x, delta)
+        self._sink_gradient(x, tokens, delta)
         if (r0, r1) == (0, y.shape[-1]):
             return y + delta
         return torch.cat([y[..., :r0], y[..., r0:r1] + delta, y[..., r1:]], dim=-1)
 
-    def _sink_gradient(self, x: torch.Tensor, delta: torch.Tensor) -> None:
+    def _sink_gradient(
+        self, x: torch.Tensor, tokens: torch.Tensor | None, delta: torch.Tensor
+    ) -> None:
         """In backward, hand (X (T×n), G (T×m)) to the sink; G = ∂L/∂delta = ∂L/∂y of the rows."""
         sink = self.grad_sink
         if sink is None or not delta.requires_grad:
             return
-        tokens = self._tokens(x.detach())  # (T, n)
+        if tokens is None:
+            tokens = self._tokens(x.detach())  # (T, n)
         conv = isinstance(self.root, nn.Conv2d)
 
         def hook(grad: torch.Tensor) -> None:
