@@ -12,8 +12,11 @@ tuned, runs, ...}}, "config"}`, accuracies in percent), `results.md` and the plo
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,11 +73,16 @@ class BenchConfig:
     seeds: int = 1
     tune: bool = True
     step_grid: Sequence[float] = (1 / 3, 1.0, 3.0)
+    search_extensions: int = 1
+    """Times a search may step past the grid's edge when the edge candidate wins."""
     val_fraction: float = 0.2
     chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Step sizes chosen before (`{method: tuned}` from an earlier results.json): reused, not
     searched again."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 1
+    """Sequence runs at once: 1 runs them here (progress shown); more run in that many worker
+    processes, each with its share of the cores' threads (`--threads` sets them instead)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
@@ -233,30 +241,144 @@ def step_size_key(method: str) -> str | None:
     return "gr_lr" if spec.update == "gr" else "lr"
 
 
+def step_size_grid(name: str, cfg: BenchConfig) -> tuple[str, list[float]] | None:
+    """The step-size search of a method: its setting's key and the candidate values (its
+    default times each of `cfg.step_grid`); None for a method that trains nothing or when a
+    `--set` fixes the step size for every method."""
+    key = step_size_key(name)
+    if key is None or key in cfg.train_overrides:
+        return None
+    default = float(_train_config(cfg, name).model_dump()[key])
+    return key, [float(f"{default * factor:.3g}") for factor in sorted(cfg.step_grid)]
+
+
+def _choose(key: str, search: list[dict[str, float]]) -> dict[str, Any]:
+    """The candidate with the best validation ACC (the smaller step on a tie)."""
+    best = max(search, key=lambda r: (r["val_acc"], -r["value"]))
+    return {"key": key, "value": best["value"], "search": sorted(search, key=lambda r: r["value"])}
+
+
+def _beyond_the_edge(search: list[dict[str, float]], grid: Sequence[float]) -> float | None:
+    """When the best candidate is the smallest or the largest tried, the next value past it
+    (the grid's own spacing); None when the best lies inside."""
+    if len(search) < 2:
+        return None
+    factors = sorted(grid)
+    values = sorted(r["value"] for r in search)
+    best = _choose("", search)["value"]
+    if best == values[0]:
+        return float(f"{best * factors[0] / factors[1]:.3g}")
+    if best == values[-1]:
+        return float(f"{best * factors[-1] / factors[-2]:.3g}")
+    return None
+
+
 def tune_step_size(
     name: str,
     split: Split,
     cfg: BenchConfig,
     on_task: Callable[[str, int], ProgressFn | None] = lambda _m, _t: None,
 ) -> dict[str, Any]:
-    """A method's step size chosen on the validation tasks: its default times each of
-    `cfg.step_grid`, the one with the best validation ACC (the smaller on a tie).
+    """A method's step size chosen on the validation tasks (`_search_step_sizes`), here.
 
     Returns:
         `{"key", "value", "search": [{"value", "val_acc"}]}`; `{}` for a method that trains
         nothing or when a `--set` fixes the step size for every method.
     """
-    key = step_size_key(name)
-    if key is None or key in cfg.train_overrides:
-        return {}
-    default = float(_train_config(cfg, name).model_dump()[key])
-    search = []
-    for factor in sorted(cfg.step_grid):
-        value = float(f"{default * factor:.3g}")
-        res = run_method(name, split.val, cfg, on_task, seed=split.seed, overrides={key: value})
-        search.append({"value": value, "val_acc": res["acc"]})
-    best = max(search, key=lambda r: (r["val_acc"], -r["value"]))
-    return {"key": key, "value": best["value"], "search": search}
+    one = replace(cfg, methods=(name,), jobs=1, chosen={}, tune=True)
+    with _Runner(one, on_task) as runner:
+        return _search_step_sizes(one, split, runner, lambda _s: None)[name]
+
+
+def _search_step_sizes(
+    cfg: BenchConfig, split: Split, runner: _Runner, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """Every method's step size chosen on `split`'s validation tasks (`tuned` by method).
+
+    A method's candidates are its default times each of `cfg.step_grid`; while the best is the
+    smallest or the largest tried, one more value past it is tried, at most
+    `cfg.search_extensions` times. All methods' candidates of a round run at once.
+    """
+    tuned: dict[str, dict[str, Any]] = {name: cfg.chosen.get(name, {}) for name in cfg.methods}
+    grids = {}
+    for name in cfg.methods:
+        grid = step_size_grid(name, cfg) if cfg.tune and name not in cfg.chosen else None
+        if grid is not None:
+            grids[name] = grid
+    searches: dict[str, list[dict[str, float]]] = {name: [] for name in grids}
+    todo = {name: values for name, (_key, values) in grids.items()}
+    for extension in range(cfg.search_extensions + 1):
+        futures = {
+            name: [(v, runner.submit(name, split.val, split.seed, {grids[name][0]: v})) for v in vs]
+            for name, vs in todo.items()
+        }
+        todo = {}
+        for name, candidates in futures.items():
+            searches[name] += [{"value": v, "val_acc": f.result()["acc"]} for v, f in candidates]
+            nxt = _beyond_the_edge(searches[name], cfg.step_grid)
+            if nxt is not None and extension < cfg.search_extensions:
+                todo[name] = [nxt]
+    for name in cfg.methods:
+        if name in searches:
+            tuned[name] = _choose(grids[name][0], searches[name])
+        if tuned[name]:
+            log(
+                f"{name}: {tuned[name]['key']} {tuned[name]['value']:g} chosen on validation ("
+                + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in tuned[name]["search"])
+                + ")"
+                + (" in an earlier run" if name in cfg.chosen else "")
+            )
+    return tuned
+
+
+class _Runner:
+    """Runs `run_method` calls here, one after the other (`cfg.jobs` 1: progress shown), or in
+    `cfg.jobs` spawned worker processes; `submit` gives a future either way."""
+
+    def __init__(self, cfg: BenchConfig, on_task: Callable[[str, int], ProgressFn | None]):
+        self.cfg, self.on_task = cfg, on_task
+        self.pool: ProcessPoolExecutor | None = None
+        if cfg.jobs > 1:
+            threads = max(1, _cores() // cfg.jobs)
+            self.pool = ProcessPoolExecutor(
+                cfg.jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=torch.set_num_threads,
+                initargs=(threads,),
+            )
+
+    def submit(
+        self, name: str, tasks: Sequence[Task], seed: int, overrides: Mapping[str, Any]
+    ) -> Future[dict[str, Any]]:
+        if self.pool is not None:
+            return self.pool.submit(
+                run_method, name, tasks, self.cfg, seed=seed, overrides=overrides
+            )
+        done: Future[dict[str, Any]] = Future()
+        done.set_result(
+            run_method(name, tasks, self.cfg, self.on_task, seed=seed, overrides=overrides)
+        )
+        return done
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs() -> int:
+    """`janus bench cl`'s default parallelism: one sequence run per core, at most 4."""
+    return min(_cores(), 4)
 
 
 def run_benchmark(
@@ -266,42 +388,48 @@ def run_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every method of `cfg` over `cfg.seeds` class orders, each method's step size chosen
-    first on the validation split of the first order; reports written under `out`."""
+    first on the validation split of the first order; reports written under `out`.
+
+    Runs in two rounds, each as parallel as `cfg.jobs` allows: every method's step-size search,
+    then every method's runs over the class orders with the step size it chose.
+    """
     for name in cfg.methods:
         get_method(name)  # fail before any training on a misspelt method
+    if cfg.jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {cfg.jobs}")
+    t0 = time.perf_counter()
     splits = [load_split(cfg, seed) for seed in cfg.seed_list]
     for split in splits:
         log(f"seed {split.seed}: " + "; ".join(", ".join(t.class_names) for t in split.test))
     results: dict[str, Any] = {"methods": {}, "config": _describe(cfg, splits[0].test)}
-    for name in cfg.methods:
-        t0 = time.perf_counter()
-        if name in cfg.chosen:
-            tuned = cfg.chosen[name]
-        else:
-            tuned = tune_step_size(name, splits[0], cfg, on_task) if cfg.tune else {}
-        if tuned:
+    with _Runner(cfg, on_task) as runner:
+        tuned = _search_step_sizes(cfg, splits[0], runner, log)
+        pending = {
+            name: [
+                runner.submit(
+                    name,
+                    s.test,
+                    s.seed,
+                    {tuned[name]["key"]: tuned[name]["value"]} if tuned[name] else {},
+                )
+                for s in splits
+            ]
+            for name in cfg.methods
+        }
+        for name, futures in pending.items():
+            runs = [{"seed": s.seed, **f.result()} for s, f in zip(splits, futures, strict=True)]
+            res = _aggregate(runs)
+            res["tuned"] = tuned[name]
+            results["methods"][name] = res
             log(
-                f"{name}: {tuned['key']} {tuned['value']:g} chosen on validation ("
-                + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in tuned["search"])
-                + ")"
-                + (" in an earlier run" if name in cfg.chosen else "")
+                f"{name}: ACC {mean_std(res, 'acc')}  BWT {mean_std(res, 'bwt')}"
+                + ("" if res["violation"] is None else f"  violation {res['violation']:.2e}")
+                + ("" if res["step_s"] is None else f"  step {1000 * res['step_s']:.0f} ms")
             )
-        fixed = {tuned["key"]: tuned["value"]} if tuned else {}
-        runs = [
-            {"seed": s.seed, **run_method(name, s.test, cfg, on_task, seed=s.seed, overrides=fixed)}
-            for s in splits
-        ]
-        res = _aggregate(runs)
-        res["tuned"] = tuned
-        results["methods"][name] = res
-        log(
-            f"{name}: ACC {mean_std(res, 'acc')}  BWT {mean_std(res, 'bwt')}"
-            + ("" if res["violation"] is None else f"  violation {res['violation']:.2e}")
-            + ("" if res["step_s"] is None else f"  step {1000 * res['step_s']:.0f} ms")
-            + f"  ({time.perf_counter() - t0:.0f} s)"
-        )
-        _paired_to_janus(results["methods"])
-        write_results(results, out)  # partial results survive an interrupted run
+            _paired_to_janus(results["methods"])
+            results["wall_s"] = time.perf_counter() - t0
+            write_results(results, out)  # partial results survive an interrupted run
+    log(f"{len(cfg.methods)} methods in {results['wall_s'] / 60:.1f} min with {cfg.jobs} job(s)")
     return results
 
 
@@ -402,6 +530,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "tune": cfg.tune,
         "chosen_before": sorted(cfg.chosen),
         "step_grid": list(cfg.step_grid),
+        "search_extensions": cfg.search_extensions,
         "val_fraction": cfg.val_fraction,
         "backbone": cfg.backbone.model_dump(),
         "lora": cfg.lora.model_dump(),
@@ -410,6 +539,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
             k: v for k, v in cfg.train_overrides.items() if k.startswith("method.")
         },
         "torch_threads": torch.get_num_threads(),
+        "jobs": cfg.jobs,
     }
 
 

@@ -100,7 +100,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _bench_cl(args: argparse.Namespace) -> int:
-    from learner.bench import BenchConfig, chosen_step_sizes, run_benchmark
+    from learner.bench import BenchConfig, chosen_step_sizes, default_jobs, run_benchmark
     from learner.metrics import markdown_table, matrix_markdown
 
     overrides = _overrides(args)
@@ -116,6 +116,7 @@ def _bench_cl(args: argparse.Namespace) -> int:
         tune=not args.no_tune,
         chosen=chosen_step_sizes(Path(args.step_sizes_from)) if args.step_sizes_from else {},
         train_overrides=overrides,
+        jobs=args.jobs or default_jobs(),
     )
     if args.ablation:
         cfg = cfg.with_ablations()
@@ -166,6 +167,7 @@ def _demo(args: argparse.Namespace) -> int:
     args.methods, args.quick, args.ablation, args.epochs = ("janus",), True, False, None
     args.preset = "quick"
     args.set, args.seeds, args.no_tune, args.step_sizes_from = [], 1, True, None
+    args.jobs = 1  # one janus run: nothing to run beside it
     return _bench_cl(args)
 
 
@@ -234,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the paper's ablation grid: " + ", ".join(ABLATIONS),
     )
     cl.add_argument("--seeds", type=_positive, default=3, help="class orders run, from --seed on")
+    cl.add_argument(
+        "--jobs",
+        type=_positive,
+        default=None,
+        help="sequence runs at once, each in its own process with its share of the cores "
+        "(1: in this process, with progress bars; default: the cores, at most 4)",
+    )
     cl.add_argument(
         "--no-tune",
         action="store_true",
