@@ -75,6 +75,9 @@ class BenchConfig:
     step_grid: Sequence[float] = (1 / 3, 1.0, 3.0)
     search_extensions: int = 1
     """Times a search may step past the grid's edge when the edge candidate wins."""
+    dml_grid: Sequence[float] = (0.0, 1 / 3, 1.0)
+    """Factors of the default DML weight λ searched, after the step size, for methods with DML
+    (0: without DML); empty: no search."""
     val_fraction: float = 0.2
     chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Step sizes chosen before (`{method: tuned}` from an earlier results.json): reused, not
@@ -318,9 +321,10 @@ def _search_step_sizes(
             nxt = _beyond_the_edge(searches[name], cfg.step_grid)
             if nxt is not None and extension < cfg.search_extensions:
                 todo[name] = [nxt]
+    for name in searches:
+        tuned[name] = _choose(grids[name][0], searches[name])
+    _search_dml_weight(cfg, split, runner, tuned, searches)
     for name in cfg.methods:
-        if name in searches:
-            tuned[name] = _choose(grids[name][0], searches[name])
         if tuned[name]:
             log(
                 f"{name}: {tuned[name]['key']} {tuned[name]['value']:g} chosen on validation ("
@@ -328,7 +332,58 @@ def _search_step_sizes(
                 + ")"
                 + (" in an earlier run" if name in cfg.chosen else "")
             )
+        if "dml_lambda" in tuned[name]:
+            dml = tuned[name]["dml_lambda"]
+            log(
+                f"{name}: dml_lambda {dml['value']:g} chosen on validation ("
+                + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in dml["search"])
+                + ")"
+            )
     return tuned
+
+
+def _search_dml_weight(
+    cfg: BenchConfig,
+    split: Split,
+    runner: _Runner,
+    tuned: dict[str, dict[str, Any]],
+    searches: dict[str, list[dict[str, float]]],
+) -> None:
+    """For methods with DML: its weight λ chosen on validation at the chosen step size, from
+    the default times each of `cfg.dml_grid` (the default's score is the step-size search's);
+    the smaller λ wins a tie. Adds `tuned[name]["dml_lambda"] = {"value", "search"}`."""
+    if not cfg.dml_grid or "dml_lambda" in cfg.train_overrides:
+        return
+    futures = {}
+    for name in searches:
+        if not get_method(name).margin_loss:
+            continue
+        default = _train_config(cfg, name).dml_lambda
+        step = {tuned[name]["key"]: tuned[name]["value"]}
+        values = sorted({float(f"{default * f:.3g}") for f in cfg.dml_grid} - {default})
+        futures[name] = (
+            default,
+            [
+                (v, runner.submit(name, split.val, split.seed, {**step, "dml_lambda": v}))
+                for v in values
+            ],
+        )
+    for name, (default, candidates) in futures.items():
+        at_default = next(r for r in searches[name] if r["value"] == tuned[name]["value"])
+        search = [{"value": default, "val_acc": at_default["val_acc"]}]
+        search += [{"value": v, "val_acc": f.result()["acc"]} for v, f in candidates]
+        best = _choose("dml_lambda", search)
+        tuned[name]["dml_lambda"] = {"value": best["value"], "search": best["search"]}
+
+
+def chosen_settings(tuned: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings a method's search chose (`tuned` of results.json), as overrides."""
+    if not tuned:
+        return {}
+    settings = {tuned["key"]: tuned["value"]}
+    if "dml_lambda" in tuned:
+        settings["dml_lambda"] = tuned["dml_lambda"]["value"]
+    return settings
 
 
 class _Runner:
@@ -406,13 +461,7 @@ def run_benchmark(
         tuned = _search_step_sizes(cfg, splits[0], runner, log)
         pending = {
             name: [
-                runner.submit(
-                    name,
-                    s.test,
-                    s.seed,
-                    {tuned[name]["key"]: tuned[name]["value"]} if tuned[name] else {},
-                )
-                for s in splits
+                runner.submit(name, s.test, s.seed, chosen_settings(tuned[name])) for s in splits
             ]
             for name in cfg.methods
         }
@@ -531,6 +580,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "chosen_before": sorted(cfg.chosen),
         "step_grid": list(cfg.step_grid),
         "search_extensions": cfg.search_extensions,
+        "dml_grid": list(cfg.dml_grid),
         "val_fraction": cfg.val_fraction,
         "backbone": cfg.backbone.model_dump(),
         "lora": cfg.lora.model_dump(),

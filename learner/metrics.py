@@ -337,13 +337,17 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     tuned = {n: m["tuned"] for n, m in methods.items() if m.get("tuned")}
     if tuned:
         parts.append(
-            "\n## Step sizes chosen on validation\n\n"
+            "\n## Settings chosen on validation\n\n"
             "| method | setting | searched (val ACC) | chosen |\n|---|---|---|---:|\n"
         )
         for name, t in tuned.items():
             searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in t["search"])
             shared = f" (shared from {t['shared_from']})" if t.get("shared_from") else ""
             parts.append(f"| {name} | {t['key']} | {searched} | {t['value']:g}{shared} |\n")
+            if "dml_lambda" in t:
+                dml = t["dml_lambda"]
+                searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in dml["search"])
+                parts.append(f"| {name} | dml_lambda | {searched} | {dml['value']:g} |\n")
     for name, m in methods.items():
         parts.append(f"\n## {name}: accuracy matrix (%)\n\n{matrix_markdown(m['matrix'])}")
     if results.get("config"):

@@ -14,6 +14,7 @@ from learner.bench import (
     BenchConfig,
     BenchPreset,
     _train_config,
+    chosen_settings,
     load_split,
     run_benchmark,
     run_step_benchmark,
@@ -149,7 +150,14 @@ def test_parallel_jobs_give_the_same_results_as_one(tmp_path: Path, digits) -> N
         assert a["tuned"] == b["tuned"]
         assert [r["acc"] for r in a["runs"]] == [r["acc"] for r in b["runs"]]
         assert [r["seed"] for r in b["runs"]] == [0, 1]
-    assert len(one["methods"]["janus"]["tuned"]["search"]) == 3  # two, then one past the edge
+    tuned = one["methods"]["janus"]["tuned"]
+    assert len(tuned["search"]) == 3  # two, then one past the edge
+    dml = tuned["dml_lambda"]  # then DML's weight at the chosen step size, 0 = without DML
+    assert [r["value"] for r in dml["search"]] == pytest.approx([0.0, 0.167, 0.5])
+    at_step = next(r for r in tuned["search"] if r["value"] == tuned["value"])
+    assert dml["search"][-1]["val_acc"] == at_step["val_acc"]  # the default λ is not rerun
+    assert chosen_settings(tuned) == {"gr_lr": tuned["value"], "dml_lambda": dml["value"]}
+    assert "dml_lambda" not in one["methods"]["seq-lora"]["tuned"]  # no DML to weigh
     assert two["config"]["jobs"] == 2 and lines[-1].endswith("with 2 job(s)")
     with pytest.raises(ValueError, match="jobs"):
         cfg.jobs = 0
