@@ -48,17 +48,17 @@ format: setup
 readme-settings: setup  ## regenerate README.md's table of JANUS_* variables from the settings models
 	$(PY) -c "from pathlib import Path; from service.envdoc import rewrite_readme; rewrite_readme(Path('README.md'))"
 
-bench: setup data  ## the main table: janus, baselines, references; 3 orders, step sizes chosen on validation (about 70 min)
-	$(VENV)/bin/janus bench cl --threads 2 --out runs/bench-cl
+bench: setup data  ## the main table: janus, baselines, references; 3 orders, settings chosen on validation (about 35 min on 2 cores)
+	$(VENV)/bin/janus bench cl --out runs/bench-cl
 
 bench-ablation: setup data  ## the paper's ablation grid (none, OE, GR, DML, OE+GR, OE+DML, all), 3 orders (about 2 h)
-	$(VENV)/bin/janus bench cl --threads 2 --methods janus --ablation --out runs/bench-ablation
+	$(VENV)/bin/janus bench cl --methods janus --ablation --out runs/bench-ablation
 
 bench-quick: setup data
 	$(VENV)/bin/janus bench cl --quick --seeds 1 --out runs/bench-cl-quick
 
-bench-step: setup data  ## step time of janus, its ablations and baselines over seq-lora, interleaved
-	$(VENV)/bin/janus bench step --methods janus,abl-none,abl-oe,abl-gr,inflora,lora-gpm,lora-gpm-proj --out runs/bench-step
+bench-step: setup data  ## step time of janus and baselines over seq-lora, interleaved (about 10 min)
+	$(VENV)/bin/janus bench step --full --rounds 5 --threads 1 --methods janus,abl-oe-gr,inflora,lora-gpm --out runs/bench-step
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -236,9 +236,10 @@ def _std(values: Sequence[float | None]) -> float | None:
     return float(np.std(finite, ddof=1)) if len(finite) > 1 else None
 
 
-def step_size_key(method: str) -> str | None:
-    """The TrainConfig field that sets a method's step size; None when it trains nothing."""
-    spec = get_method(method)
+def step_size_key(method: str, cfg: BenchConfig | None = None) -> str | None:
+    """The TrainConfig field that sets a method's step size (with `cfg`'s `method.*` overrides
+    applied, e.g. `--set method.update=gr`); None when it trains nothing."""
+    spec = _train_config(cfg, method).method if cfg is not None else get_method(method)
     if not spec.adapt:
         return None
     return "gr_lr" if spec.update == "gr" else "lr"
@@ -248,7 +249,7 @@ def step_size_grid(name: str, cfg: BenchConfig) -> tuple[str, list[float]] | Non
     """The step-size search of a method: its setting's key and the candidate values (its
     default times each of `cfg.step_grid`); None for a method that trains nothing or when a
     `--set` fixes the step size for every method."""
-    key = step_size_key(name)
+    key = step_size_key(name, cfg)
     if key is None or key in cfg.train_overrides:
         return None
     default = float(_train_config(cfg, name).model_dump()[key])
@@ -285,8 +286,9 @@ def tune_step_size(
     """A method's step size chosen on the validation tasks (`_search_step_sizes`), here.
 
     Returns:
-        `{"key", "value", "search": [{"value", "val_acc"}]}`; `{}` for a method that trains
-        nothing or when a `--set` fixes the step size for every method.
+        `{"key", "value", "search": [{"value", "val_acc"}]}`, plus `"dml_lambda": {"value",
+        "search"}` for a method with DML; `{}` for a method that trains nothing or when a
+        `--set` fixes the step size for every method.
     """
     one = replace(cfg, methods=(name,), jobs=1, chosen={}, tune=True)
     with _Runner(one, on_task) as runner:
@@ -326,11 +328,14 @@ def _search_step_sizes(
     _search_dml_weight(cfg, split, runner, tuned, searches)
     for name in cfg.methods:
         if tuned[name]:
+            tried = [r["value"] for r in tuned[name]["search"]]
+            edge = len(tried) > 1 and tuned[name]["value"] in (min(tried), max(tried))
             log(
                 f"{name}: {tuned[name]['key']} {tuned[name]['value']:g} chosen on validation ("
                 + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in tuned[name]["search"])
                 + ")"
                 + (" in an earlier run" if name in cfg.chosen else "")
+                + (", at the edge of the search" if edge else "")
             )
         if "dml_lambda" in tuned[name]:
             dml = tuned[name]["dml_lambda"]
@@ -394,12 +399,11 @@ class _Runner:
         self.cfg, self.on_task = cfg, on_task
         self.pool: ProcessPoolExecutor | None = None
         if cfg.jobs > 1:
-            threads = max(1, _cores() // cfg.jobs)
             self.pool = ProcessPoolExecutor(
                 cfg.jobs,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=torch.set_num_threads,
-                initargs=(threads,),
+                initargs=(_job_threads(cfg.jobs),),
             )
 
     def submit(
@@ -429,6 +433,11 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _job_threads(jobs: int) -> int:
+    """Torch threads of each of `jobs` worker processes: their share of the cores."""
+    return max(1, _cores() // jobs)
 
 
 def default_jobs() -> int:
@@ -478,7 +487,8 @@ def run_benchmark(
             _paired_to_janus(results["methods"])
             results["wall_s"] = time.perf_counter() - t0
             write_results(results, out)  # partial results survive an interrupted run
-    log(f"{len(cfg.methods)} methods in {results['wall_s'] / 60:.1f} min with {cfg.jobs} job(s)")
+    wall_min = (time.perf_counter() - t0) / 60
+    log(f"{len(cfg.methods)} methods in {wall_min:.1f} min with {cfg.jobs} job(s)")
     return results
 
 
@@ -588,7 +598,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "method_overrides": {
             k: v for k, v in cfg.train_overrides.items() if k.startswith("method.")
         },
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else _job_threads(cfg.jobs),
         "jobs": cfg.jobs,
     }
 

@@ -185,7 +185,11 @@ def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and training")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of each run (default: torch's choice; bench cl: the cores "
+        "shared among its --jobs)",
     )
     parser.add_argument("--out", default=out, help="folder the results are written to")
 

@@ -10,14 +10,15 @@ import pytest
 
 from learner.bench import (
     PRESETS,
-    _beyond_the_edge,
     BenchConfig,
     BenchPreset,
+    _beyond_the_edge,
     _train_config,
     chosen_settings,
     load_split,
     run_benchmark,
     run_step_benchmark,
+    step_size_key,
     tune_step_size,
 )
 from learner.config import LoRAConfig
@@ -118,6 +119,10 @@ def test_step_size_is_chosen_on_validation(tmp_path: Path, digits) -> None:
     best = max(tuned["search"], key=lambda r: r["val_acc"])
     assert tuned["value"] == best["value"]
     assert tune_step_size("janus", split, cfg)["key"] == "gr_lr"
+    as_gr = replace_val(cfg, cfg.val_fraction)
+    as_gr.train_overrides = {**cfg.train_overrides, "method.update": "gr"}
+    assert step_size_key("lora-gpm", as_gr) == "gr_lr"  # the override's rule sets the key
+    assert step_size_key("lora-gpm") == "lr" and step_size_key("frozen") is None
     assert tune_step_size("frozen", split, cfg) == {}  # trains nothing
     fixed = replace_val(cfg, cfg.val_fraction)
     fixed.train_overrides = {**cfg.train_overrides, "lr": 1e-3}
