@@ -34,6 +34,7 @@ from learner.data import (
     load_fashion_mnist,
 )
 from learner.data import per_class_limit as limit_per_class
+from learner.data.cifar100 import find_cifar100, load_cifar100
 from learner.methods import ABLATIONS, BASELINES, get_method
 from learner.metrics import AccuracyMatrix, mean_std, write_results
 from learner.state import LearnerState
@@ -128,18 +129,21 @@ class Split:
 
 
 def load_split(cfg: BenchConfig, seed: int | None = None) -> Split:
-    """The task sequence under one class order: Fashion-MNIST (train/test files) or a labeled
-    batch at a path, every image at the preset's side (resized once, as the service resizes)."""
+    """The task sequence under one class order: Fashion-MNIST or CIFAR-100 binary (their own
+    train/test files) or a labeled batch at a path (test images held out of it), every image at
+    the preset's side (resized once, as the service resizes)."""
     seed = cfg.seed if seed is None else seed
     preset = _preset(cfg)
     side = preset.image_size
     test: LabeledBatch | None
     if cfg.data == "fashion-mnist":
-        train = load_fashion_mnist(split="train")
-        test = limit_per_class(load_fashion_mnist(split="test"), preset.test_per_class, seed)
-        test = test.resized(side)
+        train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
+    elif (cifar := find_cifar100(cfg.data)) is not None:
+        train, test = load_cifar100(cifar, "train"), load_cifar100(cifar, "test")
     else:
         train, test = load_batch(Path(cfg.data), image_size=side), None
+    if test is not None:
+        test = limit_per_class(test, preset.test_per_class, seed).resized(side)
     train = limit_per_class(train, preset.train_per_class, seed).resized(side)
     tasks = class_incremental_split(train, test, tasks=cfg.tasks, seed=seed)
     test_tasks, val_tasks = [], []

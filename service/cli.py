@@ -181,7 +181,9 @@ def _version() -> str:
 def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
     """The options every benchmark shares: data, seed, threads, output folder."""
     parser.add_argument(
-        "--data", default="fashion-mnist", help="fashion-mnist, an .npz or a class-folder tree"
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist, a CIFAR-100 binary folder, an .npz or a class-folder tree",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and training")
     parser.add_argument(

@@ -7,6 +7,7 @@
 | `loading` | `load_batch`: class-folder trees, zip/tar archives of one, `.npz` |
 | `archives` | safe extraction of zip and tar archives |
 | `fashion_mnist` | Fashion-MNIST from its IDX files |
+| `cifar100` | CIFAR-100 from its binary version (for users who have it; nothing downloads) |
 | `splits` | stratified hold-out, per-class caps, class-incremental task splits |
 
 Only numpy and PIL: importing this package loads no torch.
