@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from learner.data.images import MODEL_INPUT
+from learner.ort import import_onnxruntime
 from learner.state import ContinualModel
 
 INPUT = "images"
@@ -75,8 +76,7 @@ def export_onnx(model: ContinualModel, class_names: Sequence[str] = ()) -> bytes
 
 def run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
     """Logits (B, C) of an exported model under ONNX Runtime (CPU) for inputs (B, 3, S, S)."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

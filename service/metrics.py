@@ -23,12 +23,13 @@ class ServiceMetrics:
     swaps: Any  # Counter(version)
     swap_seconds: Any  # Histogram
     swap_failures: Any  # Counter(version)
-    serving: Any  # Gauge(version): 1 for the version this worker serves
+    serving: Any  # Gauge(version, engine): 1 for the version this worker serves, and on what
 
-    def set_serving(self, version: str, previous: str | None) -> None:
+    def set_serving(self, now: tuple[str, str], previous: tuple[str, str] | None) -> None:
+        """`now`, `previous`: (version, engine), e.g. ("v3", "onnxruntime:CPUExecutionProvider")."""
         if previous is not None:
-            self.serving.labels(version=previous).set(0)
-        self.serving.labels(version=version).set(1)
+            self.serving.labels(version=previous[0], engine=previous[1]).set(0)
+        self.serving.labels(version=now[0], engine=now[1]).set(1)
 
 
 @cache
@@ -67,8 +68,9 @@ def service_metrics() -> ServiceMetrics:
         ),
         serving=Gauge(
             "janus_serving_version",
-            "1 for the version this worker process serves",
-            ["version"],
+            "1 for the version this worker process serves, with the engine and ONNX Runtime "
+            "execution provider it runs on",
+            ["version", "engine"],
             multiprocess_mode="liveall",
         ),
     )

@@ -17,6 +17,7 @@ import numpy as np
 from adapters_store import VersionStore
 from adapters_store.manifest import ONNX
 from learner.data.images import MODEL_INPUT
+from learner.ort import import_onnxruntime
 from service.config import Engine
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -37,7 +38,7 @@ class LoadedModel:
 
 
 def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -122,6 +122,7 @@ class HotSwapper:
             log.warning("could not load version %s (still serving %s): %s", target, loaded, err)
             return
         elapsed = time.monotonic() - start
+        previous = self.state.model
         self.state.model = model  # the swap: one reference
         self.state.loaded_at = time.time()
         self.state.swaps += 1
@@ -130,7 +131,9 @@ class HotSwapper:
             self.state.failed_version, self.state.last_error = None, None
         self.metrics.swaps.labels(version=target).inc()
         self.metrics.swap_seconds.observe(elapsed)
-        self.metrics.set_serving(target, loaded)
+        self.metrics.set_serving(
+            (target, model.engine), (previous.version, previous.engine) if previous else None
+        )
         log.info("serving %s (was %s), loaded in %.2f s", target, loaded, elapsed)
 
     def _subscribe(self) -> None:

@@ -47,7 +47,12 @@ def test_readiness_detail(api: Api) -> None:
     r = api.client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["version"] == "v0002"
-    assert r.json()["engine"].startswith("onnxruntime")
+    engine = r.json()["engine"]
+    assert engine == "onnxruntime:CPUExecutionProvider"  # the execution provider it runs on
+    from prometheus_client import REGISTRY
+
+    labels = {"version": "v0002", "engine": engine}
+    assert REGISTRY.get_sample_value("janus_serving_version", labels) == 1  # /metrics says so too
 
 
 def test_not_ready_without_a_version(tmp_path) -> None:
