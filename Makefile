@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step clean
+.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,17 +33,17 @@ test: setup  ## every test tier: unit, integration (real Redis, Celery, bentoml 
 	$(VENV)/bin/pytest
 
 test-unit: setup
-	$(VENV)/bin/pytest -m "not integration and not slow"
+	$(VENV)/bin/pytest -m "not integration and not slow and not gpu"
 
 check: setup  ## lint, format, types, and the import contracts of docs/DESIGN.md §2
-	$(VENV)/bin/ruff check $(PACKAGES) tests docs
-	$(VENV)/bin/ruff format --check $(PACKAGES) tests docs
+	$(VENV)/bin/ruff check $(PACKAGES) tests docs scripts
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests docs scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 format: setup
-	$(VENV)/bin/ruff check --fix $(PACKAGES) tests docs
-	$(VENV)/bin/ruff format $(PACKAGES) tests docs
+	$(VENV)/bin/ruff check --fix $(PACKAGES) tests docs scripts
+	$(VENV)/bin/ruff format $(PACKAGES) tests docs scripts
 
 readme-settings: setup  ## regenerate README.md's table of JANUS_* variables from the settings models
 	$(PY) -c "from pathlib import Path; from service.envdoc import rewrite_readme; rewrite_readme(Path('README.md'))"
@@ -59,6 +59,9 @@ bench-quick: setup data
 
 bench-step: setup data  ## step time of janus and baselines over seq-lora, interleaved (about 10 min)
 	$(VENV)/bin/janus bench step --full --rounds 5 --threads 1 --methods janus,abl-oe-gr,inflora,lora-gpm --out runs/bench-step
+
+gpu-check: setup  ## on a CUDA machine: the gpu tests and a short ViT-B/16 run (says so and exits 0 without CUDA)
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

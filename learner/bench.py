@@ -35,6 +35,7 @@ from learner.data import (
 )
 from learner.data import per_class_limit as limit_per_class
 from learner.data.cifar100 import find_cifar100, load_cifar100
+from learner.device import resolve_device
 from learner.methods import ABLATIONS, BASELINES, get_method
 from learner.metrics import AccuracyMatrix, mean_std, write_results
 from learner.state import LearnerState
@@ -84,6 +85,8 @@ class BenchConfig:
     """Step sizes chosen before (`{method: tuned}` from an earlier results.json): reused, not
     searched again."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    """`auto`, `cpu` or `cuda[:N]` (`learner.device.resolve_device`)."""
     jobs: int = 1
     """Sequence runs at once: 1 runs them here (progress shown); more run in that many worker
     processes, each with its share of the cores' threads (`--threads` sets them instead)."""
@@ -187,7 +190,8 @@ def run_method(
     state = initial_state(cfg)
     sizes = [len(t.test) for t in tasks]
     if train_cfg.method.joint:
-        result = learn_task(state, _union(tasks), train_cfg, on_task(name, 0))
+        device = resolve_device(cfg.device)
+        result = learn_task(state, _union(tasks), train_cfg, on_task(name, 0), device)
         row = [evaluate(result.model, t.test, result.state.class_names) for t in tasks]
         acc = sum(a * n for a, n in zip(row, sizes, strict=True)) / sum(sizes)
         m = result.metrics
@@ -202,8 +206,9 @@ def run_method(
     drifts: list[float] = []
     invasions: list[float] = []
     per_layer: dict[str, list[float]] = {}
+    device = resolve_device(cfg.device)
     for t, task in enumerate(tasks):
-        result = learn_task(state, task.train, train_cfg, on_task(name, t))
+        result = learn_task(state, task.train, train_cfg, on_task(name, t), device)
         state = result.state
         matrix.add_row(
             [evaluate(result.model, tasks[i].test, state.class_names) for i in range(t + 1)]
@@ -444,9 +449,10 @@ def _job_threads(jobs: int) -> int:
     return max(1, _cores() // jobs)
 
 
-def default_jobs() -> int:
-    """`janus bench cl`'s default parallelism: one sequence run per core, at most 4."""
-    return min(_cores(), 4)
+def default_jobs(device: str = "cpu") -> int:
+    """`janus bench cl`'s default parallelism: on the CPU one sequence run per core, at most 4;
+    on a CUDA device one (the runs would share the accelerator)."""
+    return 1 if resolve_device(device).type == "cuda" else min(_cores(), 4)
 
 
 def run_benchmark(
@@ -465,6 +471,7 @@ def run_benchmark(
         get_method(name)  # fail before any training on a misspelt method
     if cfg.jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {cfg.jobs}")
+    resolve_device(cfg.device)  # a device this machine lacks fails here, in one line
     t0 = time.perf_counter()
     splits = [load_split(cfg, seed) for seed in cfg.seed_list]
     for split in splits:
@@ -604,6 +611,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         },
         "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else _job_threads(cfg.jobs),
         "jobs": cfg.jobs,
+        "device": str(resolve_device(cfg.device)),
     }
 
 
@@ -637,12 +645,16 @@ def run_step_benchmark(
     if len(tasks) < 2:
         raise ValueError("the step benchmark needs at least 2 tasks; raise --tasks")
     empty = initial_state(cfg)
-    warm = {name: learn_task(empty, tasks[0].train, c).state for name, c in configs.items()}
+    device = resolve_device(cfg.device)
+    warm = {
+        name: learn_task(empty, tasks[0].train, c, device=device).state
+        for name, c in configs.items()
+    }
     phases = ("step_s", "start_s", "train_s", "end_s")
     samples: dict[str, dict[str, list[float]]] = {n: {p: [] for p in phases} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            metrics = learn_task(warm[name], tasks[1].train, configs[name]).metrics
+            metrics = learn_task(warm[name], tasks[1].train, configs[name], device=device).metrics
             for p in phases:
                 samples[name][p].append(metrics[p])
         log(

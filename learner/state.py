@@ -145,6 +145,11 @@ class ContinualModel(nn.Module):
         self.register_buffer("head_weight", torch.zeros(0, backbone.num_features))
         self.register_buffer("head_bias", torch.zeros(0))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (`.to(device)` moves them all)."""
+        return self.pixel_scale.device
+
     def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels 0–255 (B, 3, S, S) → the backbone's input, `(x / 255 − mean) / std`."""
         return x * self.pixel_scale + self.pixel_shift

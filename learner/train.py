@@ -91,10 +91,14 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 def extract_features(
     model: ContinualModel, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
-    """Pre-logit features (N, d) of uint8 images (N, C, S, S) at the model side, no augmentation."""
-    side = model.spec.size
-    out = [model.features(prepare(images[s], side)) for s in _chunks(len(images), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, model.num_features)
+    """Pre-logit features (N, d), on the model's device, of uint8 images (N, C, S, S) at the model
+    side, no augmentation; the images move to the device a batch at a time."""
+    side, device = model.spec.size, model.device
+    out = [
+        model.features(prepare(images[s], side).to(device, non_blocking=True))
+        for s in _chunks(len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, model.num_features, device=device)
 
 
 @torch.no_grad()
@@ -113,7 +117,7 @@ def evaluate(model: ContinualModel, batch: LabeledBatch, seen: list[str]) -> flo
     except KeyError as exc:
         raise ValueError(f"class {exc.args[0]!r} of the test batch was never learned") from None
     pixels = to_uint8_tensor(batch.resized(model.spec.size).images)  # (N, C, S, S)
-    pred = predict_logits(model, pixels).argmax(dim=1)
+    pred = predict_logits(model, pixels).argmax(dim=1).cpu()
     return 100.0 * (pred == target).float().mean().item()
 
 
@@ -122,7 +126,9 @@ def _attach_accumulators(
 ) -> dict[str, CovarianceAccumulator]:
     accs = {}
     for name, layer in model.layers.items():
-        accs[name] = CovarianceAccumulator(layer.in_features, max_tokens, generator)
+        accs[name] = CovarianceAccumulator(
+            layer.in_features, max_tokens, generator, device=layer.lora_A.device
+        )
         layer.observer = accs[name]
     return accs
 
@@ -187,9 +193,13 @@ class _Task:
     model: ContinualModel
     images: torch.Tensor  # (N, C, S, S) uint8
     labels: torch.Tensor  # (N,) local 0..k-1
-    old_sub: dict[str, SubspaceState]  # every layer's subspace before the task
-    bases: dict[str, torch.Tensor]  # M (n, k) per layer; (n, 0) for unprotected methods
+    old_sub: dict[str, SubspaceState]  # every layer's subspace before the task (CPU)
+    bases: dict[str, torch.Tensor]  # M (n, k) per layer on the device; (n, 0) if unprotected
     streams: Streams
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     @property
     def k_new(self) -> int:
@@ -201,9 +211,11 @@ def learn_task(
     batch: LabeledBatch,
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
+    device: torch.device | str = "cpu",
 ) -> TaskResult:
     """Learn the classes of `batch` as a new task on top of `state`: task start, the step loop,
-    task end.
+    task end, on `device` (`learner.device.resolve_device`). The images stay on the CPU as
+    uint8 and move a batch at a time; the new state is on the CPU whatever the device.
 
     Returns:
         The new state (the old one is not modified), training metrics and the working model
@@ -221,7 +233,7 @@ def learn_task(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed * 7919 + state.num_tasks)
-    model = build_model(state)
+    model = build_model(state).to(device)
     old_sub = {
         name: state.subspace.get(name) or SubspaceState.empty(layer.in_features)
         for name, layer in model.layers.items()
@@ -235,7 +247,9 @@ def learn_task(
         labels=torch.from_numpy(batch.labels).long(),
         old_sub=old_sub,
         bases={
-            name: sub.basis if cfg.method.protect else torch.zeros(sub.basis.shape[0], 0)
+            name: (sub.basis if cfg.method.protect else torch.zeros(sub.basis.shape[0], 0)).to(
+                device
+            )
             for name, sub in old_sub.items()
         },
         streams=Streams.for_task(cfg.seed, state.num_tasks),
@@ -273,7 +287,8 @@ def _start_task(task: _Task) -> nn.Parameter:
         else:
             a = random_a(task.bases[name], layer.in_features, layer.rank, gens.method)
         layer.reset_factors(a)
-    return nn.Parameter(class_prototypes(init_feats, task.labels[pick], task.k_new))  # (k, d)
+    protos = class_prototypes(init_feats.cpu(), task.labels[pick], task.k_new)  # (k, d)
+    return nn.Parameter(protos.to(task.device))
 
 
 @dataclass
@@ -306,8 +321,10 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
     old_protos: torch.Tensor | None = None  # (C_old, d): what DML pushes away from
     margins: torch.Tensor = torch.tensor(math.nan)
     if method.margin_loss and stats is not None and stats.num_classes > 0:
-        old_protos = task.state.prototypes  # normalize(stats.means), stored with the version
+        assert task.state.prototypes is not None  # stored with the class statistics
+        old_protos = task.state.prototypes.to(task.device)  # normalize(stats.means)
         margins = data_margins(stats) if cfg.dml_margin is None else torch.tensor(cfg.dml_margin)
+        margins = margins.to(task.device)
     online = method.protect and method.online_estimation
     accs = _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method) if online else {}
 
@@ -321,8 +338,10 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
             t0 = time.perf_counter()
             idx = order[sl]
             x = prepare(task.images[idx], model.spec.size, cfg.augment, task.streams.data)
+            x = x.to(task.device, non_blocking=True)
             feats = model.features(x)  # (B, d); OE observers add XᵀX here
-            loss = F.cross_entropy(cosine_logits(feats, head_w), task.labels[idx])
+            target = task.labels[idx].to(task.device, non_blocking=True)
+            loss = F.cross_entropy(cosine_logits(feats, head_w), target)
             if old_protos is not None:
                 loss = loss + cfg.dml_lambda * decoupled_margin_loss(feats, old_protos, margins)
             head_opt.zero_grad(set_to_none=True)
@@ -376,12 +395,12 @@ def interference(layer: LoRALayer, sub: SubspaceState, basis: torch.Tensor) -> t
         return math.nan, math.nan
     cov = sub.covariance  # (n, n) float64
     r0, r1 = layer.rows
-    delta = layer.get_delta_weight().double()  # (m, n)
-    w = layer.weight_2d[r0:r1].double()  # (m, n), before the merge
+    delta = layer.get_delta_weight().detach().double().cpu()  # (m, n)
+    w = layer.weight_2d[r0:r1].double().cpu()  # (m, n), before the merge
     drift = _relative_change(delta, w, cov)
     if basis.shape[1] == 0:
         return math.nan, drift
-    m = basis.double()  # (n, k)
+    m = basis.double().cpu()  # (n, k)
     return _relative_change(delta @ m, w @ m, m.T @ cov @ m), drift  # (m, k), (m, k), (k, k)
 
 
@@ -395,7 +414,7 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
     for layer in layers.values():
         layer.merge()
     post = {} if run.online else _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method)
-    feats = extract_features(model, task.images)  # (N, d); the extra pass rides here
+    feats = extract_features(model, task.images).cpu()  # (N, d); the extra pass rides here
     _detach_accumulators(model)
     old_stats = state.class_stats or ClassStatistics.empty(model.num_features)
     stats = old_stats.added(feats, labels, k_new)
@@ -407,10 +426,10 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
         acc = run.online.get(name) or post[name]
         old = task.old_sub[name]
         running = SubspaceState(
-            old.basis, old.second_moment + acc.second_moment, old.count + acc.count
+            old.basis, old.second_moment + acc.second_moment.cpu(), old.count + acc.count
         )
         if method.protect:
-            cov = running.covariance if method.running_covariance else acc.covariance()
+            cov = running.covariance if method.running_covariance else acc.covariance().cpu()
             running.basis = expand_basis(old.basis, cov, eps).float()
         subspace[name] = running
 
@@ -421,9 +440,10 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
         temperature = fit_temperature(linear_logits(feats, head_weight, head_bias), labels + offset)
         head_weight, head_bias = head_weight / temperature, head_bias / temperature
     else:  # cosine rows: the new classes' prototypes or their trained rows
-        new_w, new_b = cosine_head(prototypes[-k_new:] if method.head == "prototype" else head_w)
-        head_weight = torch.cat([model.head_weight, new_w.detach()])  # (C + k, d)
-        head_bias = torch.cat([model.head_bias, new_b])
+        rows = prototypes[-k_new:] if method.head == "prototype" else head_w.detach().cpu()
+        new_w, new_b = cosine_head(rows)
+        head_weight = torch.cat([model.head_weight.cpu(), new_w])  # (C + k, d)
+        head_bias = torch.cat([model.head_bias.cpu(), new_b])
     new_state = LearnerState(
         backbone=state.backbone,
         lora=state.lora,
@@ -448,7 +468,7 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
         "drift": _finite_mean([d for _, d in measured.values()]),
         "invasion": invasion_share(feats, old_stats),
     }
-    model.head_weight, model.head_bias = head_weight, head_bias
+    model.head_weight, model.head_bias = head_weight.to(task.device), head_bias.to(task.device)
     violation = {name: v for name, (v, _) in measured.items()}
     return TaskResult(new_state, metrics, model.eval(), violation)
 

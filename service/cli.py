@@ -116,7 +116,8 @@ def _bench_cl(args: argparse.Namespace) -> int:
         tune=not args.no_tune,
         chosen=chosen_step_sizes(Path(args.step_sizes_from)) if args.step_sizes_from else {},
         train_overrides=overrides,
-        jobs=args.jobs or default_jobs(),
+        device=args.device,
+        jobs=args.jobs or default_jobs(args.device),
     )
     if args.ablation:
         cfg = cfg.with_ablations()
@@ -142,6 +143,7 @@ def _bench_step(args: argparse.Namespace) -> int:
         preset="cl" if args.full else "quick",
         seed=args.seed,
         train_overrides=_overrides(args),
+        device=args.device,
     )
     results = run_step_benchmark(cfg, rounds=args.rounds, baseline=args.baseline)
     out = Path(args.out)
@@ -192,6 +194,12 @@ def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
         default=None,
         help="torch CPU threads of each run (default: torch's choice; bench cl: the cores "
         "shared among its --jobs)",
+    )
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("JANUS_DEVICE", "auto"),
+        help="where the learner computes: auto (CUDA if there is one), cpu, cuda or cuda:N "
+        "(default: $JANUS_DEVICE, else auto)",
     )
     parser.add_argument("--out", default=out, help="folder the results are written to")
 

@@ -64,7 +64,9 @@ class Projector:
     def __init__(self, basis: torch.Tensor) -> None:
         n, k = basis.shape
         self.basis = basis.float()  # M (n, k)
-        self.complement = complement_basis(basis.double()).float() if 2 * k > n else None
+        self.complement = (
+            complement_basis(basis.double().cpu()).float().to(basis.device) if 2 * k > n else None
+        )  # (n, n−k) on the basis's device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.complement is not None:
@@ -83,22 +85,23 @@ class CovarianceAccumulator:
 
     n: int
     max_tokens: int
-    generator: torch.Generator
+    generator: torch.Generator  # on the CPU; subsample indices move to the tokens' device
     flush_every: int = 8
+    device: torch.device | str = "cpu"
     count: int = 0
     _total: torch.Tensor = field(init=False, repr=False)  # float64 (n, n)
     _partial: torch.Tensor = field(init=False, repr=False)  # float32 (n, n)
     _pending: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._total = torch.zeros(self.n, self.n, dtype=torch.float64)
-        self._partial = torch.zeros(self.n, self.n)
+        self._total = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        self._partial = torch.zeros(self.n, self.n, device=self.device)
 
     def __call__(self, tokens: torch.Tensor) -> None:
         x = tokens.float()  # (T, n)
         if x.shape[0] > self.max_tokens:
             idx = torch.randperm(x.shape[0], generator=self.generator)[: self.max_tokens]
-            x = x[idx]  # (T', n): an unbiased estimate of C from fewer tokens
+            x = x[idx.to(x.device)]  # (T', n): an unbiased estimate of C from fewer tokens
         self._partial.addmm_(x.T, x)  # (n, n)
         self.count += x.shape[0]
         self._pending += 1
@@ -134,8 +137,8 @@ def expand_basis(basis: torch.Tensor, cov: torch.Tensor, eps: float) -> torch.Te
     Returns:
         The new basis (n, k') with k' ≥ k, re-orthonormalised.
     """
-    c = cov.double()
-    m = basis.double()
+    c = cov.double().cpu()
+    m = basis.double().cpu()
     total = torch.trace(c).item()
     if total <= 0:
         return basis
@@ -151,14 +154,14 @@ def expand_basis(basis: torch.Tensor, cov: torch.Tensor, eps: float) -> torch.Te
     k_add = min(k_add, evecs.shape[1])
     new = torch.cat([m, evecs[:, :k_add]], dim=1)  # (n, k + k_add)
     q, _ = torch.linalg.qr(new)  # re-orthonormalise
-    return q.to(basis.dtype)
+    return q.to(basis.dtype)  # on the CPU, like the stored basis
 
 
 def design_a(basis: torch.Tensor, cov_new: torch.Tensor, rank: int) -> torch.Tensor:
     """A (r×n) whose rows are the top-r eigenvectors of `Q C_new Q`; zero rows if n−k < r."""
     n = cov_new.shape[0]
-    comp = complement_basis(basis.double())  # (n, n−k)
-    _, evecs = torch.linalg.eigh(comp.T @ cov_new.double() @ comp)
+    comp = complement_basis(basis.double().cpu())  # (n, n−k)
+    _, evecs = torch.linalg.eigh(comp.T @ cov_new.double().cpu() @ comp)
     top = (comp @ evecs.flip(1))[:, :rank].T  # (min(r, n−k), n)
     a = torch.zeros(rank, n, dtype=torch.float64)
     a[: top.shape[0]] = top
@@ -168,4 +171,4 @@ def design_a(basis: torch.Tensor, cov_new: torch.Tensor, rank: int) -> torch.Ten
 def random_a(basis: torch.Tensor, n: int, rank: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian A·Q (r×n), rows of norm about 1/√3 like PEFT's Kaiming-uniform A."""
     a = torch.randn(rank, n, generator=generator) / (3 * n) ** 0.5
-    return project_out(a, basis.float())
+    return project_out(a, basis.float().cpu())

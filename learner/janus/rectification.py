@@ -113,7 +113,10 @@ class GradientRectifier:
         self.layers = layers
         self.projectors = {name: Projector(bases[name]) for name in layers}  # x ↦ x Q per layer
         self.lr, self.damping = lr, damping
-        self.buffers = {n: torch.zeros(ly.out_features, ly.in_features) for n, ly in layers.items()}
+        self.buffers = {
+            n: torch.zeros(ly.out_features, ly.in_features, device=ly.lora_A.device)
+            for n, ly in layers.items()
+        }
         self.optimizer = torch.optim.Adam(
             list(self.buffers.values()), lr=1.0, betas=betas, eps=eps, fused=True
         )

@@ -163,6 +163,7 @@ def _train_and_publish(
     key: str,
 ) -> dict[str, Any]:
     from learner.backbones import input_spec
+    from learner.device import resolve_device
     from learner.inputs import prepare, to_uint8_tensor
     from learner.jobs.versioning import publish_state, state_backbone
     from learner.onnx_export import check_onnx, export_onnx
@@ -182,16 +183,17 @@ def _train_and_publish(
     batch = _load_batch(request, settings, known=state.class_names, side=side)
     digest = f"sha256:{batch.digest()}"
     train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
-    result = learn_task(state, train, cfg, report)
+    result = learn_task(state, train, cfg, report, resolve_device(settings.device))
     report.phase("evaluate")
     metrics = dict(result.metrics)
     metrics["holdout_accuracy_new"] = evaluate(result.model, holdout, result.state.class_names)
+    model = result.model.cpu()  # exported and checked on the CPU, where serving runs it
     metrics["train_samples"] = float(len(train))
     metrics["holdout_samples"] = float(len(holdout))
     report.phase("export")
-    onnx = export_onnx(result.model, result.state.class_names)
+    onnx = export_onnx(model, result.state.class_names)
     held_out = prepare(to_uint8_tensor(holdout.images[:16]), side)  # real images, not noise
-    metrics["onnx_max_rel_diff"] = check_onnx(result.model, onnx, held_out, tol=1e-4)
+    metrics["onnx_max_rel_diff"] = check_onnx(model, onnx, held_out, tol=1e-4)
     activate = _activate_by_policy(request, metrics["holdout_accuracy_new"])
     report.phase("publish")
     manifest = publish_state(

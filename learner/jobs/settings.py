@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from adapters_store.settings import DataSettings
+from learner.device import DEVICE_PATTERN
 
 
 class JobSettings(DataSettings):
@@ -57,6 +58,11 @@ class JobSettings(DataSettings):
     )
     max_dataset_bytes: int = Field(
         2 << 30, gt=0, description="largest dataset (archive or unpacked) a learn job reads"
+    )
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="where a worker trains: auto (CUDA if there is one), cpu, cuda or cuda:N",
     )
 
     @field_validator("dataset_roots", mode="before")

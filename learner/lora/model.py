@@ -88,11 +88,11 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
 
 
 def get_factors(layers: dict[str, LoRALayer]) -> dict[str, torch.Tensor]:
-    """The current task's factors as plain tensors: `<layer>.A` (r×n), `<layer>.B` (m×r)."""
+    """The current task's factors as plain CPU tensors: `<layer>.A` (r×n), `<layer>.B` (m×r)."""
     out = {}
     for name, layer in layers.items():
-        out[f"{name}.A"] = layer.lora_A.detach().clone().contiguous()
-        out[f"{name}.B"] = layer.lora_B.detach().clone().contiguous()
+        out[f"{name}.A"] = layer.lora_A.detach().cpu().clone().contiguous()
+        out[f"{name}.B"] = layer.lora_B.detach().cpu().clone().contiguous()
     return out
 
 

@@ -1,0 +1,82 @@
+"""Devices: the spellings, the one-line refusal of a device the machine lacks, and the learner's
+device-generic path run on the CPU (its CUDA run is `make gpu-check`, tests/gpu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner.config import LoRAConfig, TrainConfig
+from learner.device import DeviceError, resolve_device
+from learner.state import LearnerState, build_model
+from learner.train import evaluate, learn_task
+from tests.conftest import TINY_BACKBONES
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts a machine without CUDA")
+
+
+def test_spellings_resolve_and_a_missing_cuda_is_one_line() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")  # no CUDA here
+    for spec in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match=r"sees no CUDA device.*--device cpu") as err:
+            resolve_device(spec)
+        assert "\n" not in str(err.value)
+    with pytest.raises(DeviceError, match="not one of auto, cpu, cuda, cuda:N"):
+        resolve_device("gpu")
+
+
+def test_the_cli_refuses_cuda_before_any_training(tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    out = tmp_path / "out"
+    code = main(["bench", "cl", "--quick", "--device", "cuda", "--out", str(out), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("janus: error: device 'cuda'") and "\n" not in err
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_job_settings_take_a_device() -> None:
+    from adapters_store.settings import SettingsError
+    from learner.jobs.settings import JobSettings
+
+    assert JobSettings.from_env({"JANUS_DEVICE": "cuda:1"}).device == "cuda:1"
+    assert JobSettings.from_env({}).device == "auto"
+    with pytest.raises(SettingsError, match="JANUS_DEVICE"):
+        JobSettings.from_env({"JANUS_DEVICE": "tpu"})
+
+
+def _tensors(state: LearnerState) -> list[torch.Tensor]:
+    out = [t for group in state.to_tensors().values() for t in group.values()]
+    out += [t for adapter in state.adapters for t in adapter.values()]
+    return out
+
+
+def test_learn_task_on_an_explicit_device_keeps_the_state_on_the_cpu(digits) -> None:
+    state = LearnerState(TINY_BACKBONES["convnet"], LoRAConfig(rank=2, alpha=2))
+    cfg = TrainConfig(epochs=1, design_samples=64, lora=LoRAConfig(rank=2, alpha=2))
+    first = digits.select_classes(["digit0", "digit1"]).subset(range(80))
+    result = learn_task(state, first, cfg, device=torch.device("cpu"))
+    later = digits.select_classes(["digit2", "digit3"]).subset(range(80))
+    second = learn_task(result.state, later, cfg, device="cpu")
+    assert all(t.device.type == "cpu" for t in _tensors(second.state))
+    assert second.model.device == torch.device("cpu")
+    rebuilt = build_model(second.state)  # what a service builds from the stored state
+    seen = second.state.class_names
+    test = digits.select_classes(seen).subset(range(200))
+    assert evaluate(rebuilt, test, seen) == pytest.approx(evaluate(second.model, test, seen))
+
+
+def test_gpu_check_says_so_and_passes_without_cuda() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "scripts" / "gpu_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sees no CUDA device here; nothing to check" in done.stdout
