@@ -35,7 +35,7 @@ from learner.data import (
 )
 from learner.data import per_class_limit as limit_per_class
 from learner.data.cifar100 import find_cifar100, load_cifar100
-from learner.device import resolve_device
+from learner.device import Precision, resolve_device
 from learner.methods import ABLATIONS, BASELINES, get_method
 from learner.metrics import AccuracyMatrix, mean_std, write_results
 from learner.state import LearnerState
@@ -87,6 +87,8 @@ class BenchConfig:
     train_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     """`auto`, `cpu` or `cuda[:N]` (`learner.device.resolve_device`)."""
+    precision: Precision = "fp32"
+    """The frozen forward's precision, `fp32` or `bf16` (`learner.device.autocast`)."""
     jobs: int = 1
     """Sequence runs at once: 1 runs them here (progress shown); more run in that many worker
     processes, each with its share of the cores' threads (`--threads` sets them instead)."""
@@ -191,7 +193,9 @@ def run_method(
     sizes = [len(t.test) for t in tasks]
     if train_cfg.method.joint:
         device = resolve_device(cfg.device)
-        result = learn_task(state, _union(tasks), train_cfg, on_task(name, 0), device)
+        result = learn_task(
+            state, _union(tasks), train_cfg, on_task(name, 0), device, cfg.precision
+        )
         row = [evaluate(result.model, t.test, result.state.class_names) for t in tasks]
         acc = sum(a * n for a, n in zip(row, sizes, strict=True)) / sum(sizes)
         m = result.metrics
@@ -208,7 +212,7 @@ def run_method(
     per_layer: dict[str, list[float]] = {}
     device = resolve_device(cfg.device)
     for t, task in enumerate(tasks):
-        result = learn_task(state, task.train, train_cfg, on_task(name, t), device)
+        result = learn_task(state, task.train, train_cfg, on_task(name, t), device, cfg.precision)
         state = result.state
         matrix.add_row(
             [evaluate(result.model, tasks[i].test, state.class_names) for i in range(t + 1)]
@@ -612,6 +616,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else _job_threads(cfg.jobs),
         "jobs": cfg.jobs,
         "device": str(resolve_device(cfg.device)),
+        "precision": cfg.precision,
     }
 
 
@@ -647,14 +652,17 @@ def run_step_benchmark(
     empty = initial_state(cfg)
     device = resolve_device(cfg.device)
     warm = {
-        name: learn_task(empty, tasks[0].train, c, device=device).state
+        name: learn_task(empty, tasks[0].train, c, device=device, precision=cfg.precision).state
         for name, c in configs.items()
     }
     phases = ("step_s", "start_s", "train_s", "end_s")
     samples: dict[str, dict[str, list[float]]] = {n: {p: [] for p in phases} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            metrics = learn_task(warm[name], tasks[1].train, configs[name], device=device).metrics
+            task = tasks[1].train
+            metrics = learn_task(
+                warm[name], task, configs[name], device=device, precision=cfg.precision
+            ).metrics
             for p in phases:
                 samples[name][p].append(metrics[p])
         log(

@@ -8,12 +8,15 @@ to the device for the task and brings what it keeps back. Importing this module 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
 
 class DeviceError(ValueError):
@@ -46,3 +49,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
             f"numbered from 0; use cuda:0 … cuda:{torch.cuda.device_count() - 1}"
         )
     return torch.device("cuda", index)
+
+
+def autocast(device: torch.device, precision: Precision) -> AbstractContextManager[object]:
+    """The frozen forward's precision: `bf16` runs convolutions and matrix products in bfloat16
+    (torch autocast, on the CPU too); the factors, their updates and every statistic stay in
+    float32 or float64. `fp32` changes nothing."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -24,6 +24,7 @@ from torch import nn
 
 from learner.config import TrainConfig
 from learner.data import LabeledBatch
+from learner.device import Precision, autocast
 from learner.head import (
     ClassStatistics,
     cosine_head,
@@ -89,16 +90,20 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 @torch.no_grad()
 def extract_features(
-    model: ContinualModel, images: torch.Tensor, batch_size: int = 256
+    model: ContinualModel,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """Pre-logit features (N, d), on the model's device, of uint8 images (N, C, S, S) at the model
-    side, no augmentation; the images move to the device a batch at a time."""
+    """Pre-logit features (N, d), float32 on the model's device, of uint8 images (N, C, S, S) at
+    the model side, no augmentation; the images move to the device a batch at a time, and the
+    forward runs at `precision` (`learner.device.autocast`)."""
     side, device = model.spec.size, model.device
-    out = [
-        model.features(prepare(images[s], side).to(device, non_blocking=True))
-        for s in _chunks(len(images), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, model.num_features, device=device)
+    out = []
+    for s in _chunks(len(images), batch_size):
+        with autocast(device, precision):
+            out.append(model.features(prepare(images[s], side).to(device, non_blocking=True)))
+    return torch.cat(out).float() if out else torch.zeros(0, model.num_features, device=device)
 
 
 @torch.no_grad()
@@ -196,6 +201,7 @@ class _Task:
     old_sub: dict[str, SubspaceState]  # every layer's subspace before the task (CPU)
     bases: dict[str, torch.Tensor]  # M (n, k) per layer on the device; (n, 0) if unprotected
     streams: Streams
+    precision: Precision = "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -212,10 +218,12 @@ def learn_task(
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
     device: torch.device | str = "cpu",
+    precision: Precision = "fp32",
 ) -> TaskResult:
     """Learn the classes of `batch` as a new task on top of `state`: task start, the step loop,
-    task end, on `device` (`learner.device.resolve_device`). The images stay on the CPU as
-    uint8 and move a batch at a time; the new state is on the CPU whatever the device.
+    task end, on `device` (`learner.device.resolve_device`), the forward at `precision`. The
+    images stay on the CPU as uint8 and move a batch at a time; the new state is on the CPU, in
+    float32, whatever the device and precision.
 
     Returns:
         The new state (the old one is not modified), training metrics and the working model
@@ -253,6 +261,7 @@ def learn_task(
             for name, sub in old_sub.items()
         },
         streams=Streams.for_task(cfg.seed, state.num_tasks),
+        precision=precision,
     )
     report = progress or (lambda _p: None)
     report(Progress("design", 0, cfg.epochs, 0, 0, math.nan, 0.0, math.nan))
@@ -279,7 +288,7 @@ def _start_task(task: _Task) -> nn.Parameter:
     pick = _balanced_pick(task.labels, task.k_new, cfg.design_samples, gens.data)
     design = cfg.method.a_init == "design"
     accs = _attach_accumulators(model, cfg.oe_max_tokens, gens.method) if design else {}
-    init_feats = extract_features(model, task.images[pick])  # (P, d)
+    init_feats = extract_features(model, task.images[pick], precision=task.precision)  # (P, d)
     _detach_accumulators(model)
     for name, layer in model.layers.items():
         if design:
@@ -339,8 +348,9 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
             idx = order[sl]
             x = prepare(task.images[idx], model.spec.size, cfg.augment, task.streams.data)
             x = x.to(task.device, non_blocking=True)
-            feats = model.features(x)  # (B, d); OE observers add XᵀX here
             target = task.labels[idx].to(task.device, non_blocking=True)
+            with autocast(task.device, task.precision):
+                feats = model.features(x).float()  # (B, d); OE observers add XᵀX here
             loss = F.cross_entropy(cosine_logits(feats, head_w), target)
             if old_protos is not None:
                 loss = loss + cfg.dml_lambda * decoupled_margin_loss(feats, old_protos, margins)
@@ -414,7 +424,8 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
     for layer in layers.values():
         layer.merge()
     post = {} if run.online else _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method)
-    feats = extract_features(model, task.images).cpu()  # (N, d); the extra pass rides here
+    # (N, d); the extra pass of the methods without OE rides on this one
+    feats = extract_features(model, task.images, precision=task.precision).cpu()
     _detach_accumulators(model)
     old_stats = state.class_stats or ClassStatistics.empty(model.num_features)
     stats = old_stats.added(feats, labels, k_new)

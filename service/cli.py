@@ -117,6 +117,7 @@ def _bench_cl(args: argparse.Namespace) -> int:
         chosen=chosen_step_sizes(Path(args.step_sizes_from)) if args.step_sizes_from else {},
         train_overrides=overrides,
         device=args.device,
+        precision=args.precision,
         jobs=args.jobs or default_jobs(args.device),
     )
     if args.ablation:
@@ -144,6 +145,7 @@ def _bench_step(args: argparse.Namespace) -> int:
         seed=args.seed,
         train_overrides=_overrides(args),
         device=args.device,
+        precision=args.precision,
     )
     results = run_step_benchmark(cfg, rounds=args.rounds, baseline=args.baseline)
     out = Path(args.out)
@@ -200,6 +202,13 @@ def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
         default=os.environ.get("JANUS_DEVICE", "auto"),
         help="where the learner computes: auto (CUDA if there is one), cpu, cuda or cuda:N "
         "(default: $JANUS_DEVICE, else auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),  # learner.device.PRECISIONS, without importing torch
+        default=os.environ.get("JANUS_PRECISION", "fp32"),
+        help="the frozen forward's precision: bf16 autocast, or fp32 (default: "
+        "$JANUS_PRECISION, else fp32)",
     )
     parser.add_argument("--out", default=out, help="folder the results are written to")
 

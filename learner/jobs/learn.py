@@ -183,7 +183,8 @@ def _train_and_publish(
     batch = _load_batch(request, settings, known=state.class_names, side=side)
     digest = f"sha256:{batch.digest()}"
     train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
-    result = learn_task(state, train, cfg, report, resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    result = learn_task(state, train, cfg, report, device, settings.precision)
     report.phase("evaluate")
     metrics = dict(result.metrics)
     metrics["holdout_accuracy_new"] = evaluate(result.model, holdout, result.state.class_names)

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from adapters_store.settings import DataSettings
-from learner.device import DEVICE_PATTERN
+from learner.device import DEVICE_PATTERN, Precision
 
 
 class JobSettings(DataSettings):
@@ -63,6 +63,9 @@ class JobSettings(DataSettings):
         "auto",
         pattern=DEVICE_PATTERN,
         description="where a worker trains: auto (CUDA if there is one), cpu, cuda or cuda:N",
+    )
+    precision: Precision = Field(
+        "fp32", description="a worker's frozen forward: fp32, or bf16 autocast (statistics fp32+)"
     )
 
     @field_validator("dataset_roots", mode="before")

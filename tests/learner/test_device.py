@@ -80,3 +80,36 @@ def test_gpu_check_says_so_and_passes_without_cuda() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "sees no CUDA device here; nothing to check" in done.stdout
+
+
+def test_bf16_runs_the_frozen_forward_in_bfloat16_and_keeps_statistics_wide(digits) -> None:
+    from learner.inputs import to_uint8_tensor
+    from learner.train import extract_features
+
+    lora = LoRAConfig(rank=2, alpha=2)
+    state = LearnerState(TINY_BACKBONES["convnet"], lora)
+    cfg = TrainConfig(epochs=2, design_samples=64, lora=lora)
+    first = digits.select_classes(["digit0", "digit1", "digit2"]).subset(range(150))
+    later = digits.select_classes(["digit3", "digit4", "digit5"]).subset(range(150))
+    results = {}
+    for precision in ("fp32", "bf16"):
+        one = learn_task(state, first, cfg, precision=precision)
+        results[precision] = learn_task(one.state, later, cfg, precision=precision)
+    bf16 = results["bf16"]
+    assert bf16.metrics["violation"] < 1e-3  # the update stays exact: GR runs in float32
+    for sub in bf16.state.subspace.values():
+        assert sub.second_moment.dtype == torch.float64 and torch.isfinite(sub.second_moment).all()
+    wide = (torch.float32, torch.float64)  # no bfloat16 reaches the stored state
+    assert all(t.dtype in wide for t in _tensors(bf16.state) if t.is_floating_point())
+    assert all(t.dtype == torch.float32 for a in bf16.state.adapters for t in a.values())
+    model = results["fp32"].model
+    side = model.spec.size
+    pixels = to_uint8_tensor(later.resized(side).images[:32])
+    exact = extract_features(model, pixels)
+    low = extract_features(model, pixels, precision="bf16")
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # bfloat16 arithmetic ran
+    assert (low - exact).norm() < 0.05 * exact.norm()
+    seen = bf16.state.class_names
+    test = digits.select_classes(seen).subset(range(300))
+    fp32_acc = evaluate(results["fp32"].model, test, seen)
+    assert evaluate(bf16.model, test, seen) > fp32_acc - 10  # the same learner, a little noisier
