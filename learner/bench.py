@@ -37,7 +37,7 @@ from learner.data import per_class_limit as limit_per_class
 from learner.data.cifar100 import find_cifar100, load_cifar100
 from learner.device import Precision, resolve_device
 from learner.methods import ABLATIONS, BASELINES, get_method
-from learner.metrics import AccuracyMatrix, mean_std, write_results
+from learner.metrics import AccuracyMatrix, mean_std, search_summary, write_results
 from learner.state import LearnerState
 from learner.train import ProgressFn, evaluate, learn_task
 
@@ -191,8 +191,8 @@ def run_method(
     train_cfg = _train_config(cfg, name, seed=seed, overrides=overrides)
     state = initial_state(cfg)
     sizes = [len(t.test) for t in tasks]
+    device = resolve_device(cfg.device)
     if train_cfg.method.joint:
-        device = resolve_device(cfg.device)
         result = learn_task(
             state, _union(tasks), train_cfg, on_task(name, 0), device, cfg.precision
         )
@@ -210,7 +210,6 @@ def run_method(
     drifts: list[float] = []
     invasions: list[float] = []
     per_layer: dict[str, list[float]] = {}
-    device = resolve_device(cfg.device)
     for t, task in enumerate(tasks):
         result = learn_task(state, task.train, train_cfg, on_task(name, t), device, cfg.precision)
         state = result.state
@@ -269,10 +268,18 @@ def step_size_grid(name: str, cfg: BenchConfig) -> tuple[str, list[float]] | Non
     return key, [float(f"{default * factor:.3g}") for factor in sorted(cfg.step_grid)]
 
 
+def _best_value(search: list[dict[str, float]]) -> float:
+    """The candidate with the best validation ACC (the smaller value on a tie)."""
+    return max(search, key=lambda r: (r["val_acc"], -r["value"]))["value"]
+
+
 def _choose(key: str, search: list[dict[str, float]]) -> dict[str, Any]:
-    """The candidate with the best validation ACC (the smaller step on a tie)."""
-    best = max(search, key=lambda r: (r["val_acc"], -r["value"]))
-    return {"key": key, "value": best["value"], "search": sorted(search, key=lambda r: r["value"])}
+    """`{"key", "value", "search"}`: the best candidate (`_best_value`), the search by value."""
+    return {
+        "key": key,
+        "value": _best_value(search),
+        "search": sorted(search, key=lambda r: r["value"]),
+    }
 
 
 def _beyond_the_edge(search: list[dict[str, float]], grid: Sequence[float]) -> float | None:
@@ -282,7 +289,7 @@ def _beyond_the_edge(search: list[dict[str, float]], grid: Sequence[float]) -> f
         return None
     factors = sorted(grid)
     values = sorted(r["value"] for r in search)
-    best = _choose("", search)["value"]
+    best = _best_value(search)
     if best == values[0]:
         return float(f"{best * factors[0] / factors[1]:.3g}")
     if best == values[-1]:
@@ -345,7 +352,7 @@ def _search_step_sizes(
             edge = len(tried) > 1 and tuned[name]["value"] in (min(tried), max(tried))
             log(
                 f"{name}: {tuned[name]['key']} {tuned[name]['value']:g} chosen on validation ("
-                + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in tuned[name]["search"])
+                + search_summary(tuned[name]["search"])
                 + ")"
                 + (" in an earlier run" if name in cfg.chosen else "")
                 + (", at the edge of the search" if edge else "")
@@ -354,7 +361,7 @@ def _search_step_sizes(
             dml = tuned[name]["dml_lambda"]
             log(
                 f"{name}: dml_lambda {dml['value']:g} chosen on validation ("
-                + ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in dml["search"])
+                + search_summary(dml["search"])
                 + ")"
             )
     return tuned
@@ -655,13 +662,13 @@ def run_step_benchmark(
         name: learn_task(empty, tasks[0].train, c, device=device, precision=cfg.precision).state
         for name, c in configs.items()
     }
+    second = tasks[1].train
     phases = ("step_s", "start_s", "train_s", "end_s")
     samples: dict[str, dict[str, list[float]]] = {n: {p: [] for p in phases} for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            task = tasks[1].train
             metrics = learn_task(
-                warm[name], task, configs[name], device=device, precision=cfg.precision
+                warm[name], second, configs[name], device=device, precision=cfg.precision
             ).metrics
             for p in phases:
                 samples[name][p].append(metrics[p])

@@ -30,6 +30,7 @@ __all__ = [
     "markdown_table",
     "matrix_markdown",
     "mean_std",
+    "search_summary",
     "write_results",
 ]
 
@@ -227,6 +228,11 @@ def mean_std(m: Mapping[str, Any], key: str, spec: str = ".2f") -> str:
     return text if std is None or text == "–" else f"{text} ± {format(std, '.2f')}"
 
 
+def search_summary(search: Sequence[Mapping[str, float]]) -> str:
+    """A setting's candidates with their validation ACC: ``value: val_acc, …``."""
+    return ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in search)
+
+
 def markdown_table(results: Mapping[str, Any]) -> str:
     """Summary table, one row per method: ACC, MAA, BWT (mean ± std over seeds), interference,
     the paired difference to janus, train time, step time, step ratio.
@@ -341,12 +347,12 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
             "| method | setting | searched (val ACC) | chosen |\n|---|---|---|---:|\n"
         )
         for name, t in tuned.items():
-            searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in t["search"])
+            searched = search_summary(t["search"])
             shared = f" (shared from {t['shared_from']})" if t.get("shared_from") else ""
             parts.append(f"| {name} | {t['key']} | {searched} | {t['value']:g}{shared} |\n")
             if "dml_lambda" in t:
                 dml = t["dml_lambda"]
-                searched = ", ".join(f"{r['value']:g}: {r['val_acc']:.2f}" for r in dml["search"])
+                searched = search_summary(dml["search"])
                 parts.append(f"| {name} | dml_lambda | {searched} | {dml['value']:g} |\n")
     for name, m in methods.items():
         parts.append(f"\n## {name}: accuracy matrix (%)\n\n{matrix_markdown(m['matrix'])}")

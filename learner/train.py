@@ -98,12 +98,20 @@ def extract_features(
     """Pre-logit features (N, d), float32 on the model's device, of uint8 images (N, C, S, S) at
     the model side, no augmentation; the images move to the device a batch at a time, and the
     forward runs at `precision` (`learner.device.autocast`)."""
-    side, device = model.spec.size, model.device
-    out = []
-    for s in _chunks(len(images), batch_size):
-        with autocast(device, precision):
-            out.append(model.features(prepare(images[s], side).to(device, non_blocking=True)))
-    return torch.cat(out).float() if out else torch.zeros(0, model.num_features, device=device)
+    side = model.spec.size
+    out = [
+        _features(model, prepare(images[s], side), precision)
+        for s in _chunks(len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, model.num_features, device=model.device)
+
+
+def _features(model: ContinualModel, pixels: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """Features (B, d), float32 on the model's device, of prepared pixels (B, 3, S, S) on the
+    CPU: moved to the device, the forward at `precision`."""
+    x = pixels.to(model.device, non_blocking=True)
+    with autocast(model.device, precision):
+        return model.features(x).float()
 
 
 @torch.no_grad()
@@ -347,10 +355,8 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
             t0 = time.perf_counter()
             idx = order[sl]
             x = prepare(task.images[idx], model.spec.size, cfg.augment, task.streams.data)
-            x = x.to(task.device, non_blocking=True)
+            feats = _features(model, x, task.precision)  # (B, d); OE observers add XᵀX here
             target = task.labels[idx].to(task.device, non_blocking=True)
-            with autocast(task.device, task.precision):
-                feats = model.features(x).float()  # (B, d); OE observers add XᵀX here
             loss = F.cross_entropy(cosine_logits(feats, head_w), target)
             if old_protos is not None:
                 loss = loss + cfg.dml_lambda * decoupled_margin_loss(feats, old_protos, margins)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from adapters_store.cli import Parser, add_command
 from adapters_store.settings import SettingsError
+from learner.device import PRECISIONS
 from learner.methods import ABLATIONS, BASELINES, get_method, list_methods
 from service.client import ServiceError
 
@@ -205,7 +206,7 @@ def _data_options(parser: argparse.ArgumentParser, out: str) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),  # learner.device.PRECISIONS, without importing torch
+        choices=PRECISIONS,
         default=os.environ.get("JANUS_PRECISION", "fp32"),
         help="the frozen forward's precision: bf16 autocast, or fp32 (default: "
         "$JANUS_PRECISION, else fp32)",

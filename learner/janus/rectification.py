@@ -161,11 +161,9 @@ class GradientRectifier:
     def _adam_step(self) -> dict[str, torch.Tensor]:
         """One fused Adam step on D = g Q; returns the moved buffers, each now −V."""
         moved = {}
-        for name, p in self.buffers.items():
-            grad = self.grads.get(name)
-            p.grad = None if grad is None else self.projectors[name](grad)  # D = g Q
-            if grad is not None:
-                moved[name] = p
+        for name, grad in self.grads.items():  # the other buffers have no grad: Adam skips them
+            moved[name] = p = self.buffers[name]
+            p.grad = self.projectors[name](grad)  # D = g Q
         self.optimizer.step()  # P = 0 − 1·m̂/(√v̂ + eps)
         return moved
 
