@@ -26,9 +26,10 @@ import torch
 
 from learner.config import BackboneConfig, LoRAConfig, MethodConfig, TrainConfig
 from learner.data import (
-    LabeledBatch,
+    Batch,
     Task,
     class_incremental_split,
+    concatenate,
     holdout_split,
     load_batch,
     load_fashion_mnist,
@@ -140,7 +141,8 @@ def load_split(cfg: BenchConfig, seed: int | None = None) -> Split:
     seed = cfg.seed if seed is None else seed
     preset = _preset(cfg)
     side = preset.image_size
-    test: LabeledBatch | None
+    train: Batch
+    test: Batch | None
     if cfg.data == "fashion-mnist":
         train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
     elif (cifar := find_cifar100(cfg.data)) is not None:
@@ -159,16 +161,9 @@ def load_split(cfg: BenchConfig, seed: int | None = None) -> Split:
     return Split(seed, test_tasks, val_tasks)
 
 
-def _union(tasks: Sequence[Task]) -> LabeledBatch:
+def _union(tasks: Sequence[Task]) -> Batch:
     """All tasks' training data as one batch (the joint upper bound only)."""
-    names = tuple(n for t in tasks for n in t.class_names)
-    offset, labels = 0, []
-    for t in tasks:
-        labels.append(t.train.labels + offset)
-        offset += len(t.class_names)
-    return LabeledBatch(
-        np.concatenate([t.train.images for t in tasks]), np.concatenate(labels), names
-    )
+    return concatenate([t.train for t in tasks])
 
 
 def run_method(

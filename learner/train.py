@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learner.config import TrainConfig
-from learner.data import LabeledBatch
+from learner.data import Batch
 from learner.device import Precision, autocast
 from learner.head import (
     ClassStatistics,
@@ -32,7 +32,7 @@ from learner.head import (
     fit_temperature,
     linear_logits,
 )
-from learner.inputs import prepare, to_uint8_tensor
+from learner.inputs import prepare
 from learner.janus.estimation import (
     CovarianceAccumulator,
     SubspaceState,
@@ -46,6 +46,7 @@ from learner.janus.margin import (
     decoupled_margin_loss,
     invasion_share,
 )
+from learner.loader import EpochOrder, default_workers, in_order, pixel_batches
 from learner.lora.layer import LoRALayer
 from learner.lora.model import get_factors
 from learner.state import ContinualModel, LearnerState, build_model
@@ -115,6 +116,28 @@ def _features(model: ContinualModel, pixels: torch.Tensor, precision: Precision)
 
 
 @torch.no_grad()
+def batch_features(
+    model: ContinualModel,
+    batch: Batch,
+    indices: torch.Tensor | None = None,
+    *,
+    precision: Precision = "fp32",
+    workers: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Pre-logit features (P, d), float32 on the model's device, of the batch's images at
+    `indices` (all by default) in that order, no augmentation; a batch on disk is read by
+    `workers` processes a batch at a time (`learner.loader`)."""
+    side = model.spec.size
+    picked = torch.arange(len(batch)) if indices is None else indices
+    loader = pixel_batches(
+        batch, side, in_order(picked, batch_size), device=model.device, workers=workers
+    )
+    out = [_features(model, prepare(images, side), precision) for images, _ in loader]
+    return torch.cat(out) if out else torch.zeros(0, model.num_features, device=model.device)
+
+
+@torch.no_grad()
 def predict_logits(
     model: ContinualModel, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
@@ -122,15 +145,16 @@ def predict_logits(
     return model.head(extract_features(model, images, batch_size))
 
 
-def evaluate(model: ContinualModel, batch: LabeledBatch, seen: list[str]) -> float:
-    """Accuracy (percent) of argmax over all seen classes on a batch whose classes are in `seen`."""
+def evaluate(model: ContinualModel, batch: Batch, seen: list[str], workers: int = 0) -> float:
+    """Accuracy (percent) of argmax over all seen classes on a batch whose classes are in `seen`
+    (on disk: read by `workers` processes)."""
     index = {name: i for i, name in enumerate(seen)}
     try:
         target = torch.tensor([index[batch.class_names[int(y)]] for y in batch.labels])
     except KeyError as exc:
         raise ValueError(f"class {exc.args[0]!r} of the test batch was never learned") from None
-    pixels = to_uint8_tensor(batch.resized(model.spec.size).images)  # (N, C, S, S)
-    pred = predict_logits(model, pixels).argmax(dim=1).cpu()
+    with torch.no_grad():
+        pred = model.head(batch_features(model, batch, workers=workers)).argmax(dim=1).cpu()
     return 100.0 * (pred == target).float().mean().item()
 
 
@@ -163,7 +187,7 @@ def _balanced_pick(
     return torch.cat(picks)
 
 
-def _check_new_classes(state: LearnerState, batch: LabeledBatch) -> None:
+def _check_new_classes(state: LearnerState, batch: Batch) -> None:
     known = set(state.class_names) & set(batch.class_names)
     if known:
         raise ValueError(
@@ -198,22 +222,29 @@ class Streams:
 
 @dataclass
 class _Task:
-    """One task's working set: the model, its data at the model's side, the protected bases."""
+    """One task's working set: the model, its data (in memory at the model's side, or files read
+    by `workers` processes), the protected bases."""
 
     state: LearnerState
-    batch: LabeledBatch
+    batch: Batch
     cfg: TrainConfig
     model: ContinualModel
-    images: torch.Tensor  # (N, C, S, S) uint8
     labels: torch.Tensor  # (N,) local 0..k-1
     old_sub: dict[str, SubspaceState]  # every layer's subspace before the task (CPU)
     bases: dict[str, torch.Tensor]  # M (n, k) per layer on the device; (n, 0) if unprotected
     streams: Streams
     precision: Precision = "fp32"
+    workers: int = 0
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def features(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (P, d) on the device of the images at `indices` (all by default)."""
+        return batch_features(
+            self.model, self.batch, indices, precision=self.precision, workers=self.workers
+        )
 
     @property
     def k_new(self) -> int:
@@ -222,16 +253,20 @@ class _Task:
 
 def learn_task(
     state: LearnerState,
-    batch: LabeledBatch,
+    batch: Batch,
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
     device: torch.device | str = "cpu",
     precision: Precision = "fp32",
+    workers: int | None = None,
 ) -> TaskResult:
     """Learn the classes of `batch` as a new task on top of `state`: task start, the step loop,
-    task end, on `device` (`learner.device.resolve_device`), the forward at `precision`. The
-    images stay on the CPU as uint8 and move a batch at a time; the new state is on the CPU, in
-    float32, whatever the device and precision.
+    task end, on `device` (`learner.device.resolve_device`), the forward at `precision`. A batch
+    in memory stays on the CPU as uint8 and moves a batch at a time; a batch on disk
+    (`FileBatch`) is read by `workers` processes (default `learner.loader.default_workers`) a
+    few batches ahead, decoded at the model's side, and never held whole. The new state is on the
+    CPU, in float32, whatever the device and precision; the data's order and augmentation do not
+    depend on where the images are or how many workers read them.
 
     Returns:
         The new state (the old one is not modified), training metrics and the working model
@@ -259,7 +294,6 @@ def learn_task(
         batch=batch,
         cfg=cfg,
         model=model,
-        images=to_uint8_tensor(batch.resized(model.spec.size).images),
         labels=torch.from_numpy(batch.labels).long(),
         old_sub=old_sub,
         bases={
@@ -270,6 +304,7 @@ def learn_task(
         },
         streams=Streams.for_task(cfg.seed, state.num_tasks),
         precision=precision,
+        workers=default_workers() if workers is None else workers,
     )
     report = progress or (lambda _p: None)
     report(Progress("design", 0, cfg.epochs, 0, 0, math.nan, 0.0, math.nan))
@@ -296,7 +331,7 @@ def _start_task(task: _Task) -> nn.Parameter:
     pick = _balanced_pick(task.labels, task.k_new, cfg.design_samples, gens.data)
     design = cfg.method.a_init == "design"
     accs = _attach_accumulators(model, cfg.oe_max_tokens, gens.method) if design else {}
-    init_feats = extract_features(model, task.images[pick], precision=task.precision)  # (P, d)
+    init_feats = task.features(pick)  # (P, d)
     _detach_accumulators(model)
     for name, layer in model.layers.items():
         if design:
@@ -345,18 +380,25 @@ def _train(task: _Task, head_w: nn.Parameter, report: ProgressFn) -> _Run:
     online = method.protect and method.online_estimation
     accs = _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method) if online else {}
 
-    n = len(task.labels)
-    total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    order = EpochOrder(len(task.labels), cfg.batch_size, task.streams.data)  # a new one per epoch
+    loader = pixel_batches(
+        task.batch,
+        model.spec.size,
+        order,
+        device=task.device,
+        workers=task.workers,
+        keep_workers=True,
+    )
+    total_steps = cfg.epochs * len(order)
     step, loss_value, step_times = 0, math.nan, []
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=task.streams.data)
-        for sl in _chunks(n, cfg.batch_size):
+        for images, labels in loader:  # uint8 (B, C, S, S), (B,) on the CPU
             t0 = time.perf_counter()
-            idx = order[sl]
-            x = prepare(task.images[idx], model.spec.size, cfg.augment, task.streams.data)
+            images = images.to(task.device, non_blocking=True)
+            x = prepare(images, model.spec.size, cfg.augment, task.streams.data)  # on the device
             feats = _features(model, x, task.precision)  # (B, d); OE observers add XᵀX here
-            target = task.labels[idx].to(task.device, non_blocking=True)
+            target = labels.to(task.device, non_blocking=True)
             loss = F.cross_entropy(cosine_logits(feats, head_w), target)
             if old_protos is not None:
                 loss = loss + cfg.dml_lambda * decoupled_margin_loss(feats, old_protos, margins)
@@ -430,8 +472,7 @@ def _finish_task(task: _Task, head_w: nn.Parameter, run: _Run) -> TaskResult:
     for layer in layers.values():
         layer.merge()
     post = {} if run.online else _attach_accumulators(model, cfg.oe_max_tokens, task.streams.method)
-    # (N, d); the extra pass of the methods without OE rides on this one
-    feats = extract_features(model, task.images, precision=task.precision).cpu()
+    feats = task.features().cpu()  # (N, d); the extra pass of the methods without OE rides on it
     _detach_accumulators(model)
     old_stats = state.class_stats or ClassStatistics.empty(model.num_features)
     stats = old_stats.added(feats, labels, k_new)

@@ -10,10 +10,12 @@ files. ``.npz`` files are read without pickle; archives are extracted by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from PIL import Image
 
 from learner.data.archives import ARCHIVE_SUFFIXES, archive_root, extract_archive, visible
 from learner.data.batch import DataError, LabeledBatch
+from learner.data.files import Batch, FileBatch
 from learner.data.images import (
     IMAGE_FORMATS,
     MAX_PIXELS,
@@ -68,11 +71,7 @@ def load_batch(
     path = Path(path)
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
-    if not path.exists():
-        raise DataError(
-            f"{path}: no such file or folder; pass a folder of class sub-folders, "
-            "a .zip/.tar/.tar.gz of one, or an .npz"
-        )
+    _check_exists(path)
     if path.is_dir():
         return _load_folder(list_images(path), image_size, max_pixels)
     name = path.name.lower()
@@ -88,6 +87,68 @@ def load_batch(
         f"{path}: unsupported file type; pass a folder of class sub-folders, an archive of one "
         f"({', '.join(ARCHIVE_SUFFIXES)}) or an .npz with images, labels and class_names"
     )
+
+
+@contextlib.contextmanager
+def open_batch(
+    path: str | os.PathLike[str],
+    *,
+    image_size: int,
+    max_bytes: int = 2 * GiB,
+    max_members: int = 200_000,
+    max_pixels: int = MAX_PIXELS,
+) -> Iterator[Batch]:
+    """A labeled batch to stream at the model's side: a `FileBatch` over a class-folder tree
+    (an archive is extracted to a temporary folder that lives as long as the context), or the
+    `LabeledBatch` of an ``.npz`` (already in memory).
+
+    Every image's header is checked on the way in (format by content, pixel limit), so a folder
+    with an unreadable or oversized file is refused before any training; pixels are decoded only
+    when read. Same arguments and errors as `load_batch`.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        with contextlib.ExitStack() as stack:
+            if path.is_dir():
+                listing = list_images(path)
+            else:
+                _check_exists(path)
+                dest = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="janus-batch-")))
+                extract_archive(path, dest, max_bytes=max_bytes, max_members=max_members)
+                listing = list_images(archive_root(dest), shown_as=(dest, path))
+            batch = FileBatch(
+                listing.files,
+                listing.labels,
+                listing.class_names,
+                image_size,
+                listing.shown,
+                max_pixels,
+            )
+            for file, shown in zip(batch.files, batch.shown, strict=True):
+                _check_header(file, shown, max_pixels)
+            yield batch
+        return
+    yield load_batch(path, image_size=image_size, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def read_image(path: Path, shown: str, side: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One dataset image through the one image path: uint8 (side, side, 1 or 3)."""
+    return resize(_read(path, shown, side, max_pixels), side)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file or folder; pass a folder of class sub-folders, "
+            "a .zip/.tar/.tar.gz of one, or an .npz"
+        )
+
+
+def _check_header(path: Path, shown: str, max_pixels: int) -> None:
+    try:
+        open_image(path, name=shown, formats=DATASET_FORMATS, max_pixels=max_pixels).close()
+    except ImageError as err:
+        raise _data_error(err) from None
 
 
 @dataclass(frozen=True)
@@ -174,8 +235,12 @@ def _read(path: Path, shown: str, side: int | None, max_pixels: int) -> Image.Im
         im = open_image(path, name=shown, side=side, formats=DATASET_FORMATS, max_pixels=max_pixels)
         return decode(im, shown)
     except ImageError as err:
-        fix = " or remove it" if err.kind == "too_large" else "; replace or remove the file"
-        raise DataError(f"{err}{fix}") from None
+        raise _data_error(err) from None
+
+
+def _data_error(err: ImageError) -> DataError:
+    fix = " or remove it" if err.kind == "too_large" else "; replace or remove the file"
+    return DataError(f"{err}{fix}")
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

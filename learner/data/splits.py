@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner.data.batch import DataError, LabeledBatch
+from learner.data.files import Batch
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -42,15 +43,13 @@ def holdout_mask(
     return mask
 
 
-def holdout_split(
-    batch: LabeledBatch, fraction: float, seed: int
-) -> tuple[LabeledBatch, LabeledBatch]:
+def holdout_split(batch: Batch, fraction: float, seed: int) -> tuple[Batch, Batch]:
     """Stratified split into (train, holdout) by `holdout_mask`."""
     mask = holdout_mask(batch.labels, batch.class_names, fraction, seed)
     return batch.subset(~mask), batch.subset(mask)
 
 
-def per_class_limit(batch: LabeledBatch, n: int, seed: int) -> LabeledBatch:
+def per_class_limit(batch: Batch, n: int, seed: int) -> Batch:
     """Keeps at most ``n`` samples per class, chosen deterministically under ``seed``."""
     if n < 1:
         raise DataError(f"per-class limit must be at least 1, got {n}")
@@ -76,13 +75,13 @@ class Task:
 
     index: int
     class_names: tuple[str, ...]
-    train: LabeledBatch
-    test: LabeledBatch
+    train: Batch
+    test: Batch
 
 
 def class_incremental_split(
-    train: LabeledBatch,
-    test: LabeledBatch | None,
+    train: Batch,
+    test: Batch | None,
     *,
     tasks: int,
     seed: int,
@@ -119,7 +118,11 @@ def class_incremental_split(
             f"{n} classes cannot be split into {tasks} tasks of equal size; pass a number of "
             f"tasks that divides {n}: one of {divisors}"
         )
-    if test is not None and test.images.shape[1:] != train.images.shape[1:]:
+    if (
+        isinstance(test, LabeledBatch)
+        and isinstance(train, LabeledBatch)
+        and test.images.shape[1:] != train.images.shape[1:]
+    ):
         raise DataError(
             f"test images are {test.images.shape[1:]} (H, W, C) but training images are "
             f"{train.images.shape[1:]}; load both with the same image_size"

@@ -8,7 +8,7 @@ and every other content type than JSON are refused.
 
 One training job at a time per worker: prefork with one child (the hard time limit needs a child
 to kill). The parent never imports torch, so nothing CUDA exists before the fork; each child
-imports it once after the fork.
+imports it once after the fork, and starts the reader processes of its jobs' data itself.
 
     app = create_app(JobSettings.from_env())     # or `celery -A learner.jobs.app worker`
 """
@@ -16,6 +16,7 @@ imports it once after the fork.
 from __future__ import annotations
 
 from functools import cache
+from multiprocessing import current_process
 from typing import Any
 
 from celery import Celery
@@ -57,7 +58,15 @@ def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
 
 
 def _preload(**_: Any) -> None:
-    """Each pool child imports torch and the trainer once, before its first job (CPU only)."""
+    """Each pool child imports torch and the trainer once, before its first job (CPU only), and
+    may start the processes that read a job's images (`learner.loader`).
+
+    The pool marks its children daemonic, and a daemonic process may not have children. The
+    child is its worker's one training process, and torch's reader processes end by themselves
+    when their parent is gone (they watch its pid), so a child killed at the hard time limit
+    leaves none behind.
+    """
+    current_process()._config["daemon"] = False  # type: ignore[attr-defined]
     import learner.train  # noqa: F401
 
 

@@ -27,10 +27,11 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from adapters_store.manifest import plain_text
-from learner.data import DataError, LabeledBatch, load_batch
+from learner.data import Batch, DataError, open_batch
 
 STAGED = re.compile(r"datasets/([0-9a-f]{64})")
 """A dataset staged in the store: `datasets/<sha256 of the archive>`."""
+_CHUNK = 1 << 20
 
 
 def _store_fs(store_uri: str) -> tuple[Any, str]:
@@ -100,13 +101,18 @@ def _fetch_staged(digest: str, store_uri: str, max_bytes: int) -> Iterator[Path]
         ) from None
     if size > max_bytes:
         raise DataError(f"datasets/{digest} is {size} bytes, above the limit of {max_bytes}")
-    data = fs.cat_file(source)
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise DataError(f"datasets/{digest} in store {store_uri} does not match its digest")
     with tempfile.TemporaryDirectory(prefix="janus-staged-") as tmp:
         raw = Path(tmp) / "raw"
-        raw.write_bytes(data)
-        path = raw.with_name(f"{digest}{_archive_suffix(data[:512], raw)}")
+        h = hashlib.sha256()
+        with fs.open(source, "rb") as src, open(raw, "wb") as dst:  # a chunk at a time
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+        if h.hexdigest() != digest:
+            raise DataError(f"datasets/{digest} in store {store_uri} does not match its digest")
+        with open(raw, "rb") as fh:
+            head = fh.read(512)
+        path = raw.with_name(f"{digest}{_archive_suffix(head, raw)}")
         raw.rename(path)
         yield path
 
@@ -142,7 +148,8 @@ def open_dataset(
     yield path
 
 
-def load_new_classes(
+@contextlib.contextmanager
+def open_new_classes(
     path: Path,
     known: Sequence[str],
     *,
@@ -150,31 +157,36 @@ def load_new_classes(
     min_per_class: int,
     max_bytes: int,
     shown: str = "",
-) -> LabeledBatch:
-    """Loads a batch at the model's side and checks it brings only new classes, each with enough
-    images."""
+) -> Iterator[Batch]:
+    """Opens a batch to stream at the model's side (`learner.data.open_batch`: every image's
+    header checked, pixels decoded when read) and checks it brings only new classes, each with
+    enough images."""
     where = shown or str(path)
     try:
-        batch = load_batch(path, image_size=image_size, max_bytes=max_bytes)
+        with open_batch(path, image_size=image_size, max_bytes=max_bytes) as batch:
+            _check_classes(batch, known, min_per_class)
+            yield batch
     except DataError as err:
         raise DataError(f"dataset {where}: {err}") from None
+
+
+def _check_classes(batch: Batch, known: Sequence[str], min_per_class: int) -> None:
     for name in batch.class_names:
         try:
             plain_text(name)
         except ValueError as err:
-            raise DataError(f"dataset {where}: class name {name!r}: {err}; rename it") from None
+            raise DataError(f"class name {name!r}: {err}; rename it") from None
         if len(name) > 200:
-            raise DataError(f"dataset {where}: class name {name[:40]!r}… is over 200 characters")
+            raise DataError(f"class name {name[:40]!r}… is over 200 characters")
     repeated = sorted(set(batch.class_names) & set(known))
     if repeated:
         raise DataError(
-            f"dataset {where}: classes {repeated} are already learned by the parent version; "
+            f"classes {repeated} are already learned by the parent version; "
             "a task must bring only new classes (class-incremental): rename or drop those folders"
         )
     few = {name: n for name, n in batch.counts().items() if n < min_per_class}
     if few:
         raise DataError(
-            f"dataset {where}: classes {few} have fewer than {min_per_class} images "
+            f"classes {few} have fewer than {min_per_class} images "
             "(some are held out to check the new version); add images to them"
         )
-    return batch

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,10 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from adapters_store import Manifest, StoreError, VersionStore, open_store
-from learner.data import DataError, LabeledBatch, holdout_split
+from learner.data import Batch, DataError, holdout_split, in_memory
 from learner.jobs.app import app_settings
 from learner.jobs.client import LearnRequest, announce, attempts_key, cancel_key
-from learner.jobs.intake import load_new_classes, open_dataset
+from learner.jobs.intake import open_dataset, open_new_classes
 from learner.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
@@ -134,24 +134,30 @@ def _activate_by_policy(request: LearnRequest, accuracy_new: float) -> bool:
     return request.activation == "auto"
 
 
-def _load_batch(
+@contextlib.contextmanager
+def _open_batch(
     request: LearnRequest, settings: JobSettings, known: Sequence[str], side: int
-) -> LabeledBatch:
-    """The job's batch, every image read at the model's side through the service's image path."""
-    with open_dataset(
-        request.dataset,
-        roots=settings.allowed_roots,
-        store_uri=settings.store_uri,
-        max_bytes=settings.max_dataset_bytes,
-    ) as path:
-        return load_new_classes(
+) -> Iterator[Batch]:
+    """The job's batch, open for as long as the job trains: its files (an archive or a staged
+    dataset extracted to a temporary folder) are decoded at the model's side through the
+    service's image path when read, never held whole."""
+    with (
+        open_dataset(
+            request.dataset,
+            roots=settings.allowed_roots,
+            store_uri=settings.store_uri,
+            max_bytes=settings.max_dataset_bytes,
+        ) as path,
+        open_new_classes(
             path,
             known,
             image_size=side,
             min_per_class=settings.min_per_class,
             max_bytes=settings.max_dataset_bytes,
             shown=request.dataset,
-        )
+        ) as batch,
+    ):
+        yield batch
 
 
 def _train_and_publish(
@@ -166,6 +172,7 @@ def _train_and_publish(
     from learner.device import resolve_device
     from learner.inputs import prepare, to_uint8_tensor
     from learner.jobs.versioning import publish_state, state_backbone
+    from learner.loader import default_workers
     from learner.onnx_export import check_onnx, export_onnx
     from learner.train import evaluate, learn_task
 
@@ -174,26 +181,31 @@ def _train_and_publish(
     existing = store.find_by_key(key)
     if existing is not None:  # checked first: a retry's parent may be its own published version
         side = input_spec(state_backbone(existing)).size
-        batch = _load_batch(request, settings, known=(), side=side)
-        version, activated = _reuse(store, existing, request, f"sha256:{batch.digest()}")
+        with _open_batch(request, settings, known=(), side=side) as batch:
+            digest = f"sha256:{batch.digest()}"
+        version, activated = _reuse(store, existing, request, digest)
         return _result(store, version, activated, reused=True)
     parent = _parent_id(store, request)
     state = _parent_state(store, parent, request)
     side = input_spec(state.backbone).size
-    batch = _load_batch(request, settings, known=state.class_names, side=side)
-    digest = f"sha256:{batch.digest()}"
-    train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
     device = resolve_device(settings.device)
-    result = learn_task(state, train, cfg, report, device, settings.precision)
-    report.phase("evaluate")
-    metrics = dict(result.metrics)
-    metrics["holdout_accuracy_new"] = evaluate(result.model, holdout, result.state.class_names)
+    workers = default_workers() if settings.loader_workers is None else settings.loader_workers
+    with _open_batch(request, settings, known=state.class_names, side=side) as batch:
+        digest = f"sha256:{batch.digest()}"
+        train, holdout = holdout_split(batch, request.holdout_fraction, seed=cfg.seed)
+        result = learn_task(state, train, cfg, report, device, settings.precision, workers)
+        report.phase("evaluate")
+        metrics = dict(result.metrics)
+        metrics["holdout_accuracy_new"] = evaluate(
+            result.model, holdout, result.state.class_names, workers
+        )
+        checked = in_memory(holdout.subset(range(min(16, len(holdout)))))  # real images
     model = result.model.cpu()  # exported and checked on the CPU, where serving runs it
     metrics["train_samples"] = float(len(train))
     metrics["holdout_samples"] = float(len(holdout))
     report.phase("export")
     onnx = export_onnx(model, result.state.class_names)
-    held_out = prepare(to_uint8_tensor(holdout.images[:16]), side)  # real images, not noise
+    held_out = prepare(to_uint8_tensor(checked.images), side)
     metrics["onnx_max_rel_diff"] = check_onnx(model, onnx, held_out, tol=1e-4)
     activate = _activate_by_policy(request, metrics["holdout_accuracy_new"])
     report.phase("publish")

@@ -67,6 +67,13 @@ class JobSettings(DataSettings):
     precision: Precision = Field(
         "fp32", description="a worker's frozen forward: fp32, or bf16 autocast (statistics fp32+)"
     )
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="processes that decode a learn job's images while it trains (0: in the job's "
+        "own process); unset: half the cores, 1 to 8",
+    )
 
     @field_validator("dataset_roots", mode="before")
     @classmethod

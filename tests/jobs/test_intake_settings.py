@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from learner.data import DataError, LabeledBatch, write_class_folders
+from learner.data import DataError, LabeledBatch, in_memory, write_class_folders
 from learner.jobs.client import LearnRequest
-from learner.jobs.intake import load_new_classes, open_dataset, stage_dataset
+from learner.jobs.intake import open_dataset, open_new_classes, stage_dataset
 from learner.jobs.settings import JobSettings
 
 
@@ -23,15 +23,16 @@ def _folder(digits: LabeledBatch, root: Path, names: list[str], per_class: int =
 
 
 def _load(path: Path, known: Sequence[str] = (), min_per_class: int = 5) -> LabeledBatch:
-    return load_new_classes(
+    with open_new_classes(
         path, known, image_size=16, min_per_class=min_per_class, max_bytes=1 << 30
-    )
+    ) as batch:
+        return in_memory(batch)
 
 
 def test_new_classes_load(tmp_path: Path, digits: LabeledBatch) -> None:
     batch = _load(_folder(digits, tmp_path / "d", ["digit0", "digit1"]))
     assert batch.class_names == ("digit0", "digit1") and len(batch) == 12
-    assert batch.images.shape[1:] == (16, 16, 1)  # read at the model's side
+    assert batch.images.shape[1:] == (16, 16, 3)  # read at the model's side
 
 
 def test_known_class_is_refused(tmp_path: Path, digits: LabeledBatch) -> None:
@@ -86,7 +87,7 @@ def test_staged_dataset_round_trip(tmp_path: Path, digits: LabeledBatch) -> None
     with open_dataset(ref, roots=(), store_uri=store, max_bytes=1 << 30) as path:
         batch = _load(path)
     assert batch.class_names == ("digit0", "digit1") and len(batch) == 12
-    assert batch.images.shape[1:] == (16, 16, 1)  # read at the model's side
+    assert batch.images.shape[1:] == (16, 16, 3)  # read at the model's side
     with (
         pytest.raises(DataError, match="not staged"),
         open_dataset("datasets/" + "0" * 64, roots=(), store_uri=store, max_bytes=1 << 30),

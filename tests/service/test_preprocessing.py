@@ -1,8 +1,8 @@
 """Training and serving prepare an image the same way (`learner.data.images`, one path).
 
 The same files (small, large, non-square, EXIF-rotated JPEG, palette, RGBA, 16-bit) go through
-the learn job's read (`load_new_classes` at the model's side, then `learner.inputs.prepare`, as
-training and evaluation take them) and through the service's (`service.images.model_input`, what
+the learn job's read (`open_new_classes` at the model's side, streamed by `learner.loader`, then
+`learner.inputs.prepare`, as training and evaluation take them) and through the service's (`service.images.model_input`, what
 `/classify` calls); the model inputs are equal. Then `/classify` on the published version
 (ONNX Runtime) answers what the torch model computes on the training-path input.
 """
@@ -19,9 +19,10 @@ from PIL import Image
 
 from adapters_store import open_store
 from learner.data.images import IMAGE_FORMATS
-from learner.inputs import prepare, to_uint8_tensor
-from learner.jobs.intake import load_new_classes
+from learner.inputs import prepare
+from learner.jobs.intake import open_new_classes
 from learner.jobs.versioning import load_state
+from learner.loader import PixelDataset
 from learner.state import build_model
 from service.images import model_input
 from tests.service.conftest import make_api
@@ -66,10 +67,11 @@ def _training_input(tmp_path: Path) -> tuple[list[str], np.ndarray]:
     folder.mkdir(parents=True)
     for name, data in cases().items():
         (folder / name).write_bytes(data)
-    batch = load_new_classes(
+    with open_new_classes(
         tmp_path / "batch", (), image_size=SIDE, min_per_class=1, max_bytes=1 << 30
-    )
-    x = prepare(to_uint8_tensor(batch.images), SIDE)  # (N, 3, S, S), as train/evaluate use it
+    ) as batch:  # the files stream, as a learn job reads them
+        images, _ = PixelDataset(batch, SIDE).__getitems__(range(len(batch)))
+    x = prepare(images, SIDE)  # (N, 3, S, S), as train/evaluate use it
     return sorted(cases()), x.numpy()
 
 
