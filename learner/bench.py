@@ -27,6 +27,7 @@ import torch
 from learner.config import BackboneConfig, LoRAConfig, MethodConfig, TrainConfig
 from learner.data import (
     Batch,
+    DataError,
     Task,
     class_incremental_split,
     concatenate,
@@ -36,6 +37,9 @@ from learner.data import (
 )
 from learner.data import per_class_limit as limit_per_class
 from learner.data.cifar100 import find_cifar100, load_cifar100
+from learner.data.paper import LAYOUTS as PAPER_LAYOUTS
+from learner.data.paper import detect as detect_paper_dataset
+from learner.data.paper import load_paper_dataset
 from learner.device import Precision, resolve_device
 from learner.methods import ABLATIONS, BASELINES, get_method
 from learner.metrics import AccuracyMatrix, mean_std, search_summary, write_results
@@ -45,23 +49,85 @@ from learner.train import ProgressFn, evaluate, learn_task
 
 @dataclass(frozen=True)
 class BenchPreset:
-    """How much data and training a benchmark run uses."""
+    """How much data and training a benchmark run uses, and (paper presets) with what.
 
-    train_per_class: int
-    test_per_class: int
+    Attributes:
+        train_per_class, test_per_class: images kept per class (None: all of them).
+        epochs: epochs per task.
+        image_size: the model's side; images are resized to it (a paper preset's data is
+            resized a batch at a time when read, never held at that side).
+        dataset: the data format the preset is for (`learner.data.paper`, "cifar100"); None:
+            any `--data`.
+        tasks: tasks the classes are split into (unless the run says).
+        backbone, lora: the model (unless the run says); None: the run's default.
+        train: `TrainConfig` settings under the run's `--set` overrides.
+        quick: the preset `--quick` turns it into (`SHRINK`: this one, smaller).
+    """
+
+    train_per_class: int | None
+    test_per_class: int | None
     epochs: int
     image_size: int
+    dataset: str | None = None
+    tasks: int = 5
+    backbone: BackboneConfig | None = None
+    lora: LoRAConfig | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+    quick: str | None = None
+
+
+PAPER_BACKBONE = BackboneConfig(
+    name="vit_base_patch16_224.augreg_in21k", weights="hub", input_size=224
+)
+"""ViT-B/16 pretrained on ImageNet-21K (timm's weights from the hub, or `--backbone-file`)."""
+
+
+SHRINK = "shrink"
+"""A preset's `quick` that means: itself, with 8 training and 4 test images per class, 1 epoch."""
+
+
+def _paper(dataset: str, tasks: int, epochs: int) -> BenchPreset:
+    """The Janus-LoRA paper's setting (InfLoRA's configs): ViT-B/16 in21k at 224 px, LoRA rank 10
+    on K and V (the ViT default targets), Adam at 5e-4, batch 128; all the data."""
+    return BenchPreset(
+        train_per_class=None,
+        test_per_class=None,
+        epochs=epochs,
+        image_size=224,
+        dataset=dataset,
+        tasks=tasks,
+        backbone=PAPER_BACKBONE,
+        lora=LoRAConfig(rank=10, alpha=10),
+        train={"lr": 5e-4, "gr_lr": 5e-4, "batch_size": 128},
+        quick=SHRINK,
+    )
 
 
 PRESETS = {
-    "cl": BenchPreset(train_per_class=300, test_per_class=500, epochs=3, image_size=28),
-    "quick": BenchPreset(train_per_class=100, test_per_class=200, epochs=2, image_size=28),
-    "fashion-64": BenchPreset(train_per_class=500, test_per_class=1000, epochs=2, image_size=64),
+    "cl": BenchPreset(300, 500, 3, 28, quick="quick"),
+    "quick": BenchPreset(100, 200, 2, 28),
+    "fashion-64": BenchPreset(500, 1000, 2, 64, quick="quick"),
+    "paper-cifar100": _paper("cifar100", tasks=10, epochs=20),
+    "paper-imagenet-r": _paper("imagenet-r", tasks=10, epochs=50),
+    "paper-imagenet-r-20": _paper("imagenet-r", tasks=20, epochs=50),
+    "paper-domainnet": _paper("domainnet", tasks=5, epochs=5),
+    "paper-imagenet100": _paper("imagenet100", tasks=10, epochs=20),
 }
 """`cl` (the default): Fashion-MNIST at its own 28×28, where the ImageNet backbone's frozen
 features leave adaptation room (joint − frozen is about 14 ACC points); `quick`: the same in
 minutes; `fashion-64`: the images upsampled to 64 px, the first benchmark's setting, where the
-frozen backbone comes within about 3 points of joint."""
+frozen backbone comes within about 3 points of joint. `paper-*`: the paper's benchmarks and
+settings (epochs as InfLoRA's configs: 20 on CIFAR-100, 50 on ImageNet-R, 5 on DomainNet; 20 on
+ImageNet-100 is ours), for `--data` the user has; `--quick` keeps their model and format but
+trains 8 images per class for one epoch (a check that everything runs, not a result)."""
+
+
+def quick_preset(preset: BenchPreset) -> BenchPreset:
+    """What `--quick` runs for a preset: `quick` for the Fashion-MNIST ones; for a paper preset,
+    the same data format and model with 8 training and 4 test images per class, one epoch."""
+    if preset.quick == SHRINK:
+        return replace(preset, train_per_class=8, test_per_class=4, epochs=1, quick=None)
+    return PRESETS[preset.quick] if preset.quick else preset
 
 
 @dataclass
@@ -69,7 +135,6 @@ class BenchConfig:
     """One benchmark run: data, split, methods, seeds, and the training settings they share."""
 
     data: str = "fashion-mnist"
-    tasks: int = 5
     methods: Sequence[str] = BASELINES
     preset: str | BenchPreset = "cl"
     seed: int = 0
@@ -93,8 +158,28 @@ class BenchConfig:
     jobs: int = 1
     """Sequence runs at once: 1 runs them here (progress shown); more run in that many worker
     processes, each with its share of the cores' threads (`--threads` sets them instead)."""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    quick: bool = False
+    """Run the preset's quick version (`quick_preset`)."""
+    tasks_override: int | None = None
+    backbone_override: BackboneConfig | None = None
+    lora_override: LoRAConfig | None = None
+    loader_workers: int = 0
+    """Reader processes of data on disk (the paper presets' image folders)."""
+
+    @property
+    def tasks(self) -> int:
+        """Tasks the classes are split into: the run's, else the preset's."""
+        return self.tasks_override or _preset(self).tasks
+
+    @property
+    def backbone(self) -> BackboneConfig:
+        """The run's backbone, else the preset's, else EfficientNet-Lite0 (offline weights)."""
+        return self.backbone_override or _preset(self).backbone or BackboneConfig()
+
+    @property
+    def lora(self) -> LoRAConfig:
+        """The run's LoRA settings, else the preset's, else the default (rank 8)."""
+        return self.lora_override or _preset(self).lora or LoRAConfig()
 
     def with_ablations(self) -> BenchConfig:
         extra = [m for m in ABLATIONS if m not in self.methods]
@@ -108,13 +193,12 @@ class BenchConfig:
 
 def _preset(cfg: BenchConfig) -> BenchPreset:
     if isinstance(cfg.preset, BenchPreset):
-        return cfg.preset
-    try:
-        return PRESETS[cfg.preset]
-    except KeyError:
-        raise ValueError(
-            f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}"
-        ) from None
+        preset = cfg.preset
+    elif cfg.preset in PRESETS:
+        preset = PRESETS[cfg.preset]
+    else:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    return quick_preset(preset) if cfg.quick else preset
 
 
 def initial_state(cfg: BenchConfig) -> LearnerState:
@@ -135,23 +219,20 @@ class Split:
 
 
 def load_split(cfg: BenchConfig, seed: int | None = None) -> Split:
-    """The task sequence under one class order: Fashion-MNIST or CIFAR-100 binary (their own
-    train/test files) or a labeled batch at a path (test images held out of it), every image at
-    the preset's side (resized once, as the service resizes)."""
+    """The task sequence under one class order: Fashion-MNIST, CIFAR-100 binary or a paper's
+    image-folder benchmark (`learner.data.paper`; their own train/test files or split), or a
+    labeled batch at a path (test images held out of it). Images are at the preset's side:
+    resized once here, except a paper preset's, which are resized when read (on disk: decoded)."""
     seed = cfg.seed if seed is None else seed
     preset = _preset(cfg)
     side = preset.image_size
-    train: Batch
-    test: Batch | None
-    if cfg.data == "fashion-mnist":
-        train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
-    elif (cifar := find_cifar100(cfg.data)) is not None:
-        train, test = load_cifar100(cifar, "train"), load_cifar100(cifar, "test")
-    else:
-        train, test = load_batch(Path(cfg.data), image_size=side), None
-    if test is not None:
-        test = limit_per_class(test, preset.test_per_class, seed).resized(side)
-    train = limit_per_class(train, preset.train_per_class, seed).resized(side)
+    train, test = _load_data(cfg, preset, seed)
+    if test is not None and preset.test_per_class is not None:
+        test = limit_per_class(test, preset.test_per_class, seed)
+    if preset.train_per_class is not None:
+        train = limit_per_class(train, preset.train_per_class, seed)
+    if preset.dataset is None:  # small images: held at the side
+        train, test = train.resized(side), None if test is None else test.resized(side)
     tasks = class_incremental_split(train, test, tasks=cfg.tasks, seed=seed)
     test_tasks, val_tasks = [], []
     for t in tasks:
@@ -159,6 +240,27 @@ def load_split(cfg: BenchConfig, seed: int | None = None) -> Split:
         test_tasks.append(replace(t, train=fit))
         val_tasks.append(replace(t, train=fit, test=val))
     return Split(seed, test_tasks, val_tasks)
+
+
+def _load_data(cfg: BenchConfig, preset: BenchPreset, seed: int) -> tuple[Batch, Batch | None]:
+    """(train, test or None) of `--data`, in the format the preset needs if it names one."""
+    side = preset.image_size
+    if cfg.data == "fashion-mnist" and preset.dataset is None:
+        return load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
+    cifar = find_cifar100(cfg.data)
+    kind = "cifar100" if cifar is not None else detect_paper_dataset(cfg.data)
+    if preset.dataset is not None and kind != preset.dataset:
+        raise DataError(
+            f"preset {cfg.preset} needs {preset.dataset} data: pass --data with its folder "
+            f"({PAPER_LAYOUTS[preset.dataset]}); {cfg.data} is "
+            f"{'not a benchmark folder' if kind is None else kind}"
+        )
+    if cifar is not None:
+        return load_cifar100(cifar, "train"), load_cifar100(cifar, "test")
+    if kind is not None:
+        _, train, test = load_paper_dataset(cfg.data, side=side, seed=seed)
+        return train, test
+    return load_batch(Path(cfg.data), image_size=side), None
 
 
 def _union(tasks: Sequence[Task]) -> Batch:
@@ -186,12 +288,12 @@ def run_method(
     train_cfg = _train_config(cfg, name, seed=seed, overrides=overrides)
     state = initial_state(cfg)
     sizes = [len(t.test) for t in tasks]
-    device = resolve_device(cfg.device)
+    device, workers = resolve_device(cfg.device), cfg.loader_workers
     if train_cfg.method.joint:
         result = learn_task(
-            state, _union(tasks), train_cfg, on_task(name, 0), device, cfg.precision
+            state, _union(tasks), train_cfg, on_task(name, 0), device, cfg.precision, workers
         )
-        row = [evaluate(result.model, t.test, result.state.class_names) for t in tasks]
+        row = [evaluate(result.model, t.test, result.state.class_names, workers) for t in tasks]
         acc = sum(a * n for a, n in zip(row, sizes, strict=True)) / sum(sizes)
         m = result.metrics
         return {
@@ -206,10 +308,15 @@ def run_method(
     invasions: list[float] = []
     per_layer: dict[str, list[float]] = {}
     for t, task in enumerate(tasks):
-        result = learn_task(state, task.train, train_cfg, on_task(name, t), device, cfg.precision)
+        result = learn_task(
+            state, task.train, train_cfg, on_task(name, t), device, cfg.precision, workers
+        )
         state = result.state
         matrix.add_row(
-            [evaluate(result.model, tasks[i].test, state.class_names) for i in range(t + 1)]
+            [
+                evaluate(result.model, tasks[i].test, state.class_names, workers)
+                for i in range(t + 1)
+            ]
         )
         train_s += result.metrics["train_s"]
         steps += result.metrics["steps"]
@@ -578,6 +685,7 @@ def _train_config(
     `method.head=prototype`); the others are `TrainConfig` fields.
     """
     settings: dict[str, Any] = {
+        **_preset(cfg).train,
         "epochs": _preset(cfg).epochs,
         "seed": cfg.seed if seed is None else seed,
     }
@@ -601,7 +709,12 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "train_sizes": [len(t.train) for t in tasks],
         "test_sizes": [len(t.test) for t in tasks],
         "preset": cfg.preset if isinstance(cfg.preset, str) else "custom",
-        **{f"preset_{k}": v for k, v in preset.__dict__.items()},
+        "quick": cfg.quick,
+        **{
+            f"preset_{k}": v
+            for k, v in preset.__dict__.items()
+            if k not in ("backbone", "lora", "train", "quick")  # below, as the run used them
+        },
         "seeds": cfg.seed_list,
         "tune": cfg.tune,
         "chosen_before": sorted(cfg.chosen),
@@ -615,6 +728,7 @@ def _describe(cfg: BenchConfig, tasks: Sequence[Task]) -> dict[str, Any]:
         "method_overrides": {
             k: v for k, v in cfg.train_overrides.items() if k.startswith("method.")
         },
+        "loader_workers": cfg.loader_workers,
         "torch_threads": torch.get_num_threads() if cfg.jobs == 1 else _job_threads(cfg.jobs),
         "jobs": cfg.jobs,
         "device": str(resolve_device(cfg.device)),

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -69,6 +70,19 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
+PRESET_NAMES = (
+    "cl",
+    "quick",
+    "fashion-64",
+    "paper-cifar100",
+    "paper-imagenet-r",
+    "paper-imagenet-r-20",
+    "paper-domainnet",
+    "paper-imagenet100",
+)
+"""`learner.bench.PRESETS`' names, without importing torch to parse arguments."""
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -109,9 +123,12 @@ def _bench_cl(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     cfg = BenchConfig(
         data=args.data,
-        tasks=args.tasks,
+        tasks_override=args.tasks,
+        backbone_override=_backbone(args),
+        loader_workers=args.loader_workers,
         methods=args.methods,
-        preset="quick" if args.quick else args.preset,
+        preset=args.preset,
+        quick=args.quick,
         seed=args.seed,
         seeds=args.seeds,
         tune=not args.no_tune,
@@ -132,6 +149,25 @@ def _bench_cl(args: argparse.Namespace) -> int:
         print(matrix_markdown(res["matrix"]))
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'} and plots")
     return 0
+
+
+def _backbone(args: argparse.Namespace) -> Any:
+    """`--backbone NAME` (random weights) and `--backbone-file PATH` (safetensors) as a
+    BackboneConfig; None: the preset's."""
+    from learner.bench import PRESETS
+    from learner.config import BackboneConfig
+
+    name, path = getattr(args, "backbone", None), getattr(args, "backbone_file", None)
+    if name is None and path is None:
+        return None
+    if path is not None and not Path(path).is_file():
+        raise SystemExit(f"janus: error: --backbone-file {path}: no such file")
+    preset = PRESETS[args.preset].backbone or BackboneConfig()
+    return BackboneConfig(
+        name=name or preset.name,
+        weights="file" if path else "none",
+        path=str(Path(path).resolve()) if path else None,
+    )
 
 
 def _bench_step(args: argparse.Namespace) -> int:
@@ -170,7 +206,7 @@ def _bench_step(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     """A short class-incremental run of janus alone: `bench cl`'s quick preset."""
     args.methods, args.quick, args.ablation, args.epochs = ("janus",), True, False, None
-    args.preset = "quick"
+    args.preset, args.loader_workers = "quick", 0
     args.set, args.seeds, args.no_tune, args.step_sizes_from = [], 1, True, None
     args.jobs = 1  # one janus run: nothing to run beside it
     return _bench_cl(args)
@@ -247,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods = ", ".join(list_methods())
     cl = add_command(bench, "cl", "class-incremental benchmark of every method on one split")
     _data_options(cl, "runs/bench-cl")
-    cl.add_argument("--tasks", type=int, default=5, help="tasks the classes are split into")
+    cl.add_argument(
+        "--tasks",
+        type=_positive,
+        default=None,
+        help="tasks the classes are split into (default: the preset's, 5 for the Fashion-MNIST "
+        "ones)",
+    )
     cl.add_argument(
         "--methods",
         type=_methods,
@@ -281,12 +323,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument(
         "--preset",
-        choices=("cl", "quick", "fashion-64"),  # learner.bench.PRESETS, without importing torch
+        choices=PRESET_NAMES,
         default="cl",
-        help="data and training budget: cl (Fashion-MNIST at 28 px), quick (the same in minutes), "
-        "fashion-64 (upsampled to 64 px)",
+        help="data, model and training budget: cl (Fashion-MNIST at 28 px), quick (the same in "
+        "minutes), fashion-64 (upsampled to 64 px); paper-cifar100, paper-imagenet-r (10 tasks), "
+        "paper-imagenet-r-20, paper-domainnet, paper-imagenet100: the paper's benchmarks and "
+        "settings (ViT-B/16 in21k, LoRA rank 10 on K and V, Adam 5e-4, batch 128, 224 px) on "
+        "the --data you have",
     )
-    cl.add_argument("--quick", action="store_true", help="the quick preset (= --preset quick)")
+    cl.add_argument(
+        "--quick",
+        action="store_true",
+        help="the preset's quick version: cl → quick; a paper preset with 8 images per class "
+        "and one epoch (a check that it runs)",
+    )
+    cl.add_argument(
+        "--backbone",
+        default=None,
+        metavar="TIMM_NAME",
+        help="another timm backbone, random weights unless --backbone-file (checks on a CPU)",
+    )
+    cl.add_argument(
+        "--backbone-file",
+        default=None,
+        metavar="SAFETENSORS",
+        help="the backbone's weights from a local safetensors file in timm's names (e.g. the "
+        "paper presets' vit_base_patch16_224.augreg_in21k, which otherwise come from the hub)",
+    )
+    cl.add_argument(
+        "--loader-workers",
+        type=int,
+        default=2,
+        help="processes that decode images on disk (the paper presets' folders) while training",
+    )
     cl.add_argument(
         "--epochs", type=int, default=None, help="epochs per task (default: the preset's)"
     )

@@ -170,6 +170,15 @@ def load_imagenet100(root: str | os.PathLike[str], *, side: int) -> tuple[FileBa
     return _subset(train, every[0], side), _subset(val, every[1], side)
 
 
+LAYOUTS = {
+    "cifar100": "cifar-100-binary/ with train.bin, test.bin and fine_label_names.txt",
+    "imagenet-r": "imagenet-r/<wnid>/<image>.jpg",
+    "domainnet": "<domain>/<class>/<image>.jpg with <domain>_train.txt and <domain>_test.txt",
+    "imagenet100": "train/<wnid>/<image> and val/<wnid>/<image>",
+}
+"""Each benchmark's layout, as errors describe it (CIFAR-100: `learner.data.cifar100`)."""
+
+
 def detect(path: str | os.PathLike[str]) -> str | None:
     """Which benchmark ``path`` holds: "domainnet", "imagenet100", "imagenet-r" or None."""
     folder = Path(path)
@@ -205,11 +214,8 @@ def load_paper_dataset(
     """
     name = detect(path)
     if name is None:
-        raise DataError(
-            f"{path}: not a paper benchmark folder; expected imagenet-r/<wnid>/<image>.jpg "
-            "(ImageNet-R), <domain>/<class>/<image>.jpg with <domain>_train.txt and "
-            "<domain>_test.txt (DomainNet), or train/<wnid>/ and val/<wnid>/ (ImageNet-100)"
-        )
+        expected = "; ".join(f"{v} ({k})" for k, v in LAYOUTS.items() if k != "cifar100")
+        raise DataError(f"{path}: not a paper benchmark folder; expected {expected}")
     train, test = _LOADERS[name](Path(path), side, seed)
     return name, train, test
 

@@ -72,15 +72,18 @@ def rebalance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     rows), `AAᵀ = L Lᵀ` (Cholesky) gives `A' = L⁻¹ A`, `B' = B L` (cheap: r×r work and one
     triangular solve). Otherwise (zero rows, when the basis leaves fewer than r free directions)
     the thin SVD: directions A does not span get zero rows, never arbitrary ones, so A' M = 0
-    whenever A M = 0.
+    whenever A M = 0; so do the rows past n of a layer narrower than the rank (r > n).
     """
     chol, info = torch.linalg.cholesky_ex(a @ a.T)  # (r, r) lower
     diag = chol.diagonal()
     if int(info) == 0 and bool(diag.min() > 0.1 * diag.max()):  # L⁻¹ amplifies rounding ≤ ~10×
         return torch.linalg.solve_triangular(chol, a, upper=False), b @ chol  # (r, n), (m, r)
-    u, sigma, vh = torch.linalg.svd(a, full_matrices=False)  # (r, r), (r,), (r, n)
-    keep = sigma > sigma.max().clamp_min(_FLOOR) * 1e-6  # (r,)
-    return vh * keep[:, None], b @ (u * sigma)  # (r, n), (m, r)
+    u, sigma, vh = torch.linalg.svd(a, full_matrices=False)  # (r, k), (k,), (k, n); k = min(r, n)
+    keep = sigma > sigma.max().clamp_min(_FLOOR) * 1e-6  # (k,)
+    k = sigma.shape[0]  # < r when the layer is narrower than the rank: the other rows stay zero
+    new_a, new_b = torch.zeros_like(a), torch.zeros_like(b)
+    new_a[:k], new_b[:, :k] = vh * keep[:, None], b @ (u * sigma)  # (k, n), (m, k)
+    return new_a, new_b
 
 
 def composite_update(

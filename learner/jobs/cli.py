@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -32,6 +34,7 @@ from adapters_store.cli import (
     shorten,
 )
 from learner.config import TrainConfig
+from learner.device import DEVICE_PATTERN
 from learner.jobs.app import create_app, resolve_redis
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
 from learner.jobs.intake import STAGED, stage_dataset, under_roots
@@ -207,6 +210,14 @@ def _unreachable(err: Exception) -> str:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = JobSettings.from_env()
+    if args.device is not None:
+        settings = settings.model_copy(update={"device": args.device})
+    if args.loader_workers is not None:
+        settings = settings.model_copy(update={"loader_workers": args.loader_workers})
+    problem = _device_problem(settings.device)
+    if problem:
+        print(f"janus: error: {problem}", file=sys.stderr)
+        return 1
     url, server = resolve_redis(settings)
     if server is not None:
         print(
@@ -226,6 +237,22 @@ def _worker(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _device_problem(spec: str) -> str | None:
+    """Why the worker cannot train on `spec` (`learner.device.resolve_device`'s one line), or
+    None. CUDA is probed in a child process: the worker's own process never imports torch, so
+    nothing CUDA exists before its pool forks."""
+    if not spec.startswith("cuda"):
+        return None  # cpu and auto always resolve
+    probe = "import sys; from learner.device import resolve_device as r; r(sys.argv[1])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, spec], capture_output=True, text=True, timeout=300
+    )
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[-1].removeprefix("learner.device.DeviceError: ") if lines else "cannot probe"
 
 
 def _dataset_ref(path: str, settings: JobSettings) -> str:
@@ -294,6 +321,12 @@ def _cancel(args: argparse.Namespace) -> int:
     return print_cancelled(cancel(app, args.id), as_json=args.json)
 
 
+def _device_spec(text: str) -> str:
+    if not re.fullmatch(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds the job commands to the `janus` parser."""
     worker = add_command(subparsers, "worker", "run a Celery worker for learn jobs")
@@ -305,6 +338,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "solo: in the worker itself",
     )
     worker.add_argument("--concurrency", type=int, default=1, help="training jobs at once")
+    worker.add_argument(
+        "--device",
+        type=_device_spec,
+        default=None,
+        help="where jobs train: auto (CUDA if there is one), cpu, cuda or cuda:N (default: "
+        "$JANUS_DEVICE, else auto); a CUDA device the machine lacks stops the worker at start",
+    )
+    worker.add_argument(
+        "--loader-workers",
+        type=int,
+        default=None,
+        help="processes that decode a job's images while it trains (default: "
+        "$JANUS_LOADER_WORKERS, else half the cores, 1 to 8)",
+    )
     worker.add_argument(
         "--loglevel",
         type=str.upper,

@@ -56,3 +56,17 @@ def test_a_cpu_state_continues_on_cuda_with_every_method(digits) -> None:
         seen = second.state.class_names
         acc = evaluate(second.model, _task(digits, [0, 1, 2, 3, 4, 5]), seen)
         assert acc > 40.0, (method, acc)  # six classes: chance is 16.7
+
+
+def test_a_task_streamed_from_files_to_cuda_equals_the_task_in_memory(digits, tmp_path) -> None:
+    """Reader processes, pinned memory and non-blocking copies give the same task as the images
+    held in memory, on the GPU."""
+    from learner.data import load_batch, open_batch, write_class_folders
+
+    folder = write_class_folders(_task(digits, [2, 7]), tmp_path / "d")
+    state = LearnerState(TINY_BACKBONES["convnet"], LORA)
+    with open_batch(folder, image_size=32) as files:
+        streamed = learn_task(state, files, _cfg(), device="cuda", workers=2)
+    held = learn_task(state, load_batch(folder, image_size=32), _cfg(), device="cuda", workers=0)
+    torch.testing.assert_close(streamed.state.head_weight, held.state.head_weight)
+    assert streamed.metrics["loss"] == pytest.approx(held.metrics["loss"], rel=1e-4)

@@ -36,11 +36,16 @@ def _tiny_bench(tmp_path: Path, digits, methods: tuple[str, ...]) -> BenchConfig
     )
     return BenchConfig(
         data=str(npz),
-        tasks=2,
         methods=methods,
-        preset=BenchPreset(train_per_class=60, test_per_class=30, epochs=1, image_size=32),
-        backbone=TINY_BACKBONES["convnet"],
-        lora=LoRAConfig(rank=2, alpha=2),
+        preset=BenchPreset(
+            train_per_class=60,
+            test_per_class=30,
+            epochs=1,
+            image_size=32,
+            tasks=2,
+            backbone=TINY_BACKBONES["convnet"],
+            lora=LoRAConfig(rank=2, alpha=2),
+        ),
         train_overrides={"epochs": 1, "design_samples": 64},
         tune=False,
     )

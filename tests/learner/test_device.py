@@ -113,3 +113,15 @@ def test_bf16_runs_the_frozen_forward_in_bfloat16_and_keeps_statistics_wide(digi
     test = digits.select_classes(seen).subset(range(300))
     fp32_acc = evaluate(results["fp32"].model, test, seen)
     assert evaluate(bf16.model, test, seen) > fp32_acc - 10  # the same learner, a little noisier
+
+
+def test_a_worker_asked_for_a_missing_cuda_stops_at_start_in_one_line(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from service.cli import main
+
+    monkeypatch.setenv("JANUS_DATA_DIR", str(tmp_path))
+    assert main(["worker", "--device", "cuda:1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("janus: error: device 'cuda:1'") and "\n" not in err
+    assert not (tmp_path / "redis").exists()  # stopped before starting anything

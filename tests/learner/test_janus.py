@@ -346,6 +346,16 @@ def test_rebalancing_keeps_the_product_and_the_row_space(scales: list[float]) ->
     )
 
 
+def test_rebalancing_a_layer_narrower_than_the_rank_keeps_the_shapes_and_the_product() -> None:
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(10, 8, generator=gen), torch.randn(6, 10, generator=gen)  # r 10 > n 8
+    a2, b2 = rebalance(a, b)
+    assert a2.shape == a.shape and b2.shape == b.shape
+    assert torch.allclose(b2 @ a2, b @ a, atol=1e-4)
+    assert torch.allclose(a2[:8] @ a2[:8].T, torch.eye(8), atol=1e-5)
+    assert not a2[8:].any() and not b2[:, 8:].any()  # the rows past n stay zero
+
+
 def test_a_gr_step_does_not_depend_on_the_basis_rebalancing_gives_a() -> None:
     """The factor updates are equivariant under A → RA, B → BRᵀ: the same ΔW either way."""
     layer, basis, _, _ = _regression_layer()

@@ -355,5 +355,5 @@ def test_load_paper_dataset_dispatches_on_the_layout(imagenet_r, tmp_path: Path)
 
 def test_load_paper_dataset_lists_the_expected_layouts_when_none_matches(tmp_path: Path) -> None:
     Colours().write(tmp_path / "cat" / "1.jpg")
-    with pytest.raises(DataError, match=r"ImageNet-R.*DomainNet.*ImageNet-100"):
+    with pytest.raises(DataError, match=r"\(imagenet-r\).*\(domainnet\).*\(imagenet100\)"):
         load_paper_dataset(tmp_path, side=SIDE, seed=0)

@@ -2,9 +2,10 @@
 
 The same files (small, large, non-square, EXIF-rotated JPEG, palette, RGBA, 16-bit) go through
 the learn job's read (`open_new_classes` at the model's side, streamed by `learner.loader`, then
-`learner.inputs.prepare`, as training and evaluation take them) and through the service's (`service.images.model_input`, what
-`/classify` calls); the model inputs are equal. Then `/classify` on the published version
-(ONNX Runtime) answers what the torch model computes on the training-path input.
+`learner.inputs.prepare`, as training and evaluation take them) and through the service's
+(`service.images.model_input`, what `/classify` calls); the model inputs are equal. Then
+`/classify` on the published version (ONNX Runtime) answers what the torch model computes on the
+training-path input.
 """
 
 from __future__ import annotations
