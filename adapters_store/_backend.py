@@ -27,7 +27,7 @@ from typing import Any
 
 from adapters_store import paths
 from adapters_store._crash import crash_point
-from adapters_store._owner import Owner, parse, pid_alive
+from adapters_store._owner import Owner, parse, pid_alive, process_space
 from adapters_store.errors import InvalidName, StoreBusy
 from adapters_store.settings import StoreSettings
 
@@ -93,8 +93,9 @@ class Backend(abc.ABC):
     def abandon(self, version_id: str) -> list[str]:
         """Removes the partial files of an unfinished publish of `version_id`."""
 
-    def sweep(self) -> list[str]:
-        """Removes leftovers of dead processes outside versions (temporary files)."""
+    def sweep(self, max_age_s: float) -> list[str]:
+        """Removes leftovers of dead processes outside versions (temporary files): of this
+        process space's dead pids, and any older than `max_age_s` (`adapters_store._owner`)."""
         return []
 
 
@@ -111,9 +112,8 @@ class LocalBackend(Backend):
         return paths.confine_local(self.root, path)
 
     def _tmp_name(self, full: str) -> str:
-        return os.path.join(
-            os.path.dirname(full), f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-        )
+        name = f"{_TMP_PREFIX}{process_space()}-{os.getpid()}-{secrets.token_hex(6)}"
+        return os.path.join(os.path.dirname(full), name)
 
     @staticmethod
     def _fsync_dir(folder: str) -> None:
@@ -245,19 +245,29 @@ class LocalBackend(Backend):
                 removed.append(paths.rel(STAGING, name))
         return removed
 
-    def sweep(self) -> list[str]:
+    def sweep(self, max_age_s: float) -> list[str]:
         removed = []
+        mine, now = process_space(), time.time()
         for folder, _dirs, files in os.walk(self.root):
             if os.path.relpath(folder, self.root).split(os.sep)[0] in {VERSIONS, STAGING}:
                 continue
             for name in files:
                 if not name.startswith(_TMP_PREFIX):
                     continue
-                pid = name[len(_TMP_PREFIX) :].split("-", 1)[0]
-                if pid.isdigit() and not pid_alive(int(pid)):
+                full = os.path.join(folder, name)
+                space, _, rest = name[len(_TMP_PREFIX) :].partition("-")
+                pid = rest.split("-", 1)[0]
+                if space == mine and pid.isdigit():
+                    gone = not pid_alive(int(pid))
+                else:  # another host, container or boot: its pids are not ours to check
+                    try:
+                        gone = now - os.stat(full).st_mtime > max_age_s
+                    except FileNotFoundError:
+                        continue
+                if gone:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(folder, name))
-                    removed.append(os.path.relpath(os.path.join(folder, name), self.root))
+                        os.unlink(full)
+                    removed.append(os.path.relpath(full, self.root))
         return removed
 
 
@@ -362,9 +372,18 @@ class ObjectBackend(Backend):
 
     def commit(self, staging: str, version_id: str, manifest: bytes) -> None:
         crash_point("before_rename")
-        if not self.create(paths.rel(VERSIONS, version_id, paths.MANIFEST), manifest):
+        path = paths.rel(VERSIONS, version_id, paths.MANIFEST)
+        if not self.create(path, manifest) and not self._is_ours(path, manifest):
             raise FileExistsError(errno.EEXIST, "version already has a manifest", version_id)
         crash_point("after_manifest")
+
+    def _is_ours(self, path: str, manifest: bytes) -> bool:
+        """Whether the manifest a conditional create found is the one it was writing: a retried
+        PUT whose first answer was lost is refused (412) although its first try succeeded."""
+        try:
+            return self.read(path) == manifest
+        except FileNotFoundError:
+            return False
 
     def abandon(self, version_id: str) -> list[str]:
         folder = paths.rel(VERSIONS, version_id)

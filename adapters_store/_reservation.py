@@ -95,7 +95,7 @@ class Reservations:
         host, when it started more than `max_age` seconds ago. Cheap when there is nothing to
         clean: the lock is taken only if something is found.
         """
-        removed = self._backend.sweep()
+        removed = self._backend.sweep(max_age)
         if not self._leftovers(max_age):
             return removed
         with self._backend.lock("publish", self.settings):  # no id is reserved meanwhile

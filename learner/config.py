@@ -20,6 +20,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MODEL_KWARGS = frozenset(
+    {
+        "img_size",
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "drop_rate",
+        "drop_path_rate",
+        "channel_multiplier",
+        "depth_multiplier",
+    }
+)
+"""`timm.create_model` arguments a backbone config may carry: sizes and rates, never paths
+(`checkpoint_path`, `pretrained_cfg_overlay`, ...), so a learn request cannot make a worker load
+a file of its choosing."""
+
+
 class BackboneConfig(_Strict):
     """Which timm model, where its weights come from, and how inputs are prepared."""
 
@@ -31,12 +50,20 @@ class BackboneConfig(_Strict):
     )
     path: str | None = Field(None, description="safetensors file, for weights='file'")
     input_size: int | None = Field(None, ge=16, le=1024, description="square input side")
-    model_kwargs: dict[str, int | float | str | bool] = Field(
-        default_factory=dict, description="extra timm.create_model arguments (tiny test models)"
+    model_kwargs: dict[str, int | float | bool] = Field(
+        default_factory=dict,
+        description="extra timm.create_model arguments, numbers only, from MODEL_KWARGS (tiny "
+        "test models: img_size, patch_size, ...)",
     )
 
     @model_validator(mode="after")
     def _check(self) -> BackboneConfig:
+        unknown = sorted(set(self.model_kwargs) - MODEL_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"model_kwargs {unknown} are not accepted (a learn request could name files or "
+                f"code through them); use only {', '.join(sorted(MODEL_KWARGS))}"
+            )
         if self.weights == "file" and not self.path:
             raise ValueError("weights='file' needs path= a .safetensors file of the backbone")
         if self.weights == "efficientnet-lite0" and self.name != "tf_efficientnet_lite0":

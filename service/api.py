@@ -19,10 +19,12 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -33,7 +35,7 @@ from starlette.datastructures import UploadFile
 from adapters_store import NotFound, NothingToRollBack, StoreError
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
-from service.images import ImageError, decode_base64, model_input
+from service.images import ImageError, decode_base64, decode_images, open_images
 
 GetServing = Callable[[], Serving]
 
@@ -54,7 +56,9 @@ class ClassifyResponse(BaseModel):
 
 class ClassifyJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(min_length=1, description="base64 images or data: URLs")
+    images: list[str] = Field(
+        min_length=1, max_length=1024, description="base64 images or data: URLs"
+    )
     top_k: int | None = Field(None, ge=1)
 
 
@@ -180,8 +184,8 @@ async def _read_images(request: Request, serving: Serving) -> tuple[list[bytes],
         raise HTTPException(
             415, f"content type {media!r}: send multipart/form-data or application/json"
         )
-    try:
-        body = ClassifyJSON.model_validate_json(await request.body())
+    try:  # off the event loop: a 16 MB body of tiny items takes a while to validate
+        body = await run_in_threadpool(ClassifyJSON.model_validate_json, await request.body())
     except ValidationError as err:
         if any(e["type"] == "json_invalid" for e in err.errors()):
             raise HTTPException(400, f"invalid JSON body: {err.errors()[0]['msg']}") from None
@@ -209,10 +213,11 @@ def create_api(get_serving: GetServing) -> FastAPI:
             tokens.append(s.admin_token.get_secret_value())
         _check(creds, tokens, "classify")
 
-    def admin_auth(serving: Svc, creds: Credentials) -> None:
-        if serving.settings.admin_token is None:
+    def admin_auth(request: Request, serving: Svc, creds: Credentials) -> None:
+        tokens = serving.settings.admin_tokens(request.method)
+        if not tokens:
             raise HTTPException(403, "the admin API is off: set JANUS_ADMIN_TOKEN to enable it")
-        _check(creds, [serving.settings.admin_token.get_secret_value()], "the admin API")
+        _check(creds, tokens, "the admin API")
 
     @app.exception_handler(ImageError)
     async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -240,45 +245,69 @@ def create_api(get_serving: GetServing) -> FastAPI:
     )
     async def classify(request: Request, serving: Svc, top_k: int | None = None) -> Any:
         start = time.perf_counter()
-        model = None
+        if serving.inflight >= serving.settings.max_inflight:  # before reading the body
+            serving.metrics.requests.labels(version="none", status="503").inc()
+            raise HTTPException(
+                503,
+                f"this worker holds {serving.inflight} classify requests, its limit "
+                "(JANUS_MAX_INFLIGHT); retry in a second",
+                headers={"Retry-After": "1"},
+            )
+        serving.inflight += 1
         try:
-            data, body_k = await _read_images(request, serving)
-            s = serving.settings
-            k = next((v for v in (body_k, top_k) if v is not None), 5)
-            if not 1 <= k <= s.max_top_k:
-                raise HTTPException(422, f"top_k must be between 1 and {s.max_top_k}, got {k}")
-            if not data:
-                raise HTTPException(400, "no images: send files in the multipart field `images`")
-            if len(data) > s.max_images:
-                raise HTTPException(
-                    413, f"{len(data)} images in one request; the limit is {s.max_images}"
-                )
-            model = serving.model  # this request's version, whatever swaps meanwhile
-            if model is None:
-                raise HTTPException(503, "no version loaded yet; see GET /readyz")
-            x = await run_in_threadpool(
-                model_input,
+            return await _classify(request, serving, top_k, start)
+        finally:
+            serving.inflight -= 1
+
+    app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
+    return app
+
+
+async def _classify(request: Request, serving: Serving, top_k: int | None, start: float) -> Any:
+    """One classify request: read it, check the counts, decode within the request's budget (in
+    one of the worker's decode slots), infer in the batcher."""
+    s, model = serving.settings, None
+    try:
+        data, body_k = await _read_images(request, serving)
+        k = next((v for v in (body_k, top_k) if v is not None), 5)
+        if not 1 <= k <= s.max_top_k:
+            raise HTTPException(422, f"top_k must be between 1 and {s.max_top_k}, got {k}")
+        if not data:
+            raise HTTPException(400, "no images: send files in the multipart field `images`")
+        if len(data) > s.max_images:
+            raise HTTPException(
+                413, f"{len(data)} images in one request; the limit is {s.max_images}"
+            )
+        model = serving.model  # this request's version, whatever swaps meanwhile
+        if model is None:
+            raise HTTPException(503, "no version loaded yet; see GET /readyz")
+        opened = await run_in_threadpool(
+            partial(
+                open_images,
                 data,
                 model.size,
                 formats=s.image_formats,
                 max_pixels=s.max_pixels,
+                max_request_pixels=s.max_request_pixels,
+                max_frames=s.max_frames,
             )
-            logits = await serving.batcher.logits(model, x)
-            answer = ClassifyResponse(
-                version=model.version, results=_top(_softmax(logits), model.class_names, k)
-            )
-        except (HTTPException, ImageError) as err:
-            code = err.status_code if isinstance(err, HTTPException) else err.status
-            serving.metrics.requests.labels(version="none", status=str(code)).inc()
-            raise
-        version = model.version
-        serving.metrics.requests.labels(version=version, status="200").inc()
-        serving.metrics.images.labels(version=version).inc(len(data))
-        serving.metrics.latency.labels(version=version).observe(time.perf_counter() - start)
-        return answer
-
-    app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
-    return app
+        )
+        # large requests take turns in the decode slots; small ones never wait behind them
+        slots = serving.decode_slots() if opened.pixels > s.small_request_pixels else None
+        x = await to_thread.run_sync(decode_images, opened, model.size, limiter=slots)
+        logits = await serving.batcher.logits(model, x)
+        answer = ClassifyResponse(
+            version=model.version, results=_top(_softmax(logits), model.class_names, k)
+        )
+    except (HTTPException, ImageError) as err:
+        code = err.status_code if isinstance(err, HTTPException) else err.status
+        serving.metrics.requests.labels(version="none", status=str(code)).inc()
+        raise
+    version = model.version
+    serving.metrics.requests.labels(version=version, status="200").inc()
+    serving.metrics.images.labels(version=version).inc(len(data))
+    serving.metrics.latency.labels(version=version).observe(time.perf_counter() - start)
+    return answer
 
 
 def _announce(serving: Serving, version: str, previous: str | None) -> None:
@@ -292,6 +321,12 @@ def _announce(serving: Serving, version: str, previous: str | None) -> None:
             announce(client, {"event": "serving-changed", "version": version, "previous": previous})
     except (redis.RedisError, OSError):
         pass  # workers also poll the pointer
+
+
+def _actor(claimed: str | None) -> str:
+    """The audit actor of an admin request: the admin token is who acted (one token, one
+    identity); a name the body gives is recorded as a claim, not as the actor."""
+    return "admin-token" if not claimed else f"admin-token (says {claimed[:100]!r})"
 
 
 def _admin_router(Svc: Any) -> APIRouter:
@@ -312,7 +347,8 @@ def _admin_router(Svc: Any) -> APIRouter:
                 raise HTTPException(422, "send a JSON object with at least `dataset`")
             ref = str(fields.get("dataset", ""))
         try:
-            req = LearnRequest.model_validate({**fields, "dataset": ref})
+            actor = _actor(str(fields["actor"]) if fields.get("actor") else None)
+            req = LearnRequest.model_validate({**fields, "dataset": ref, "actor": actor})
         except ValidationError as err:
             raise _bad_json(err) from None
         job_id = await run_in_threadpool(submit, serving.celery(), req)
@@ -362,7 +398,7 @@ def _admin_router(Svc: Any) -> APIRouter:
     def activate(version_id: str, serving: Svc, body: ChangeBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
         b = body or ChangeBody()
-        entry = serving.store.activate(version_id, actor=b.actor or "admin-api", reason=b.reason)
+        entry = serving.store.activate(version_id, actor=_actor(b.actor), reason=b.reason)
         _announce(serving, entry.to, entry.from_)
         return entry.model_dump(mode="json", by_alias=True)
 
@@ -370,7 +406,7 @@ def _admin_router(Svc: Any) -> APIRouter:
     def rollback(serving: Svc, body: RollbackBody | None = None) -> dict[str, Any]:
         """Serve the previously serving version, or `to`."""
         b = body or RollbackBody()
-        entry = serving.store.rollback(b.to, actor=b.actor or "admin-api", reason=b.reason)
+        entry = serving.store.rollback(b.to, actor=_actor(b.actor), reason=b.reason)
         _announce(serving, entry.to, entry.from_)
         return entry.model_dump(mode="json", by_alias=True)
 

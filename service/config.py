@@ -27,6 +27,11 @@ class ServiceSettings(JanusSettings):
         description="bearer token of the admin routes (16+ characters); unset: the admin API "
         "answers 403 (`janus up` makes one)",
     )
+    admin_read_token: SecretStr | None = Field(
+        None,
+        description="optional bearer token for the admin API's reads only (GET: versions, jobs, "
+        "history, /readyz detail); unset: only the admin token reads",
+    )
     classify_token: SecretStr | None = Field(
         None, description="bearer token of /classify; unset: classify is open"
     )
@@ -39,7 +44,32 @@ class ServiceSettings(JanusSettings):
     max_pixels: int = Field(
         MAX_PIXELS, gt=0, description="largest image (width × height), checked before decoding"
     )
-    max_images: int = Field(64, ge=1, description="most images in one classify request")
+    max_images: int = Field(64, ge=1, le=1024, description="most images in one classify request")
+    max_request_pixels: int = Field(
+        100_000_000,
+        gt=0,
+        description="a classify request's decode budget: its images' pixels together, checked "
+        "from their headers before any is decoded",
+    )
+    max_frames: int = Field(
+        64, ge=1, description="most frames an image may declare (only the first is decoded)"
+    )
+    max_inflight: int = Field(
+        32,
+        ge=1,
+        description="classify requests a worker holds at once; beyond, 503 with Retry-After at "
+        "once",
+    )
+    decode_slots: int = Field(
+        1,
+        ge=1,
+        description="large classify requests a worker decodes at once (the others wait their turn)",
+    )
+    small_request_pixels: int = Field(
+        4_000_000,
+        ge=0,
+        description="requests with at most this many pixels to decode skip the decode slots",
+    )
     image_formats: Annotated[tuple[str, ...], NoDecode] = Field(
         IMAGE_FORMATS, description="accepted image formats (comma-separated PIL names)"
     )
@@ -75,7 +105,7 @@ class ServiceSettings(JanusSettings):
             return tuple(str(v).strip().upper() for v in value)
         return value
 
-    @field_validator("admin_token", "classify_token")
+    @field_validator("admin_token", "admin_read_token", "classify_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
@@ -86,6 +116,16 @@ class ServiceSettings(JanusSettings):
     def intra_op_threads(self) -> int:
         """Threads per worker so that all workers together use the cores once."""
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    def admin_tokens(self, method: str) -> list[str]:
+        """The tokens that may make an admin request with `method`: the admin token, and the
+        read-only one for GET and HEAD; empty when the admin API is off."""
+        if self.admin_token is None:
+            return []
+        tokens = [self.admin_token.get_secret_value()]
+        if method in ("GET", "HEAD") and self.admin_read_token is not None:
+            tokens.append(self.admin_read_token.get_secret_value())
+        return tokens
 
     def body_limit(self, path: str) -> int:
         """Largest request body for `path`: dataset uploads may be larger than classify bodies."""

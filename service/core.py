@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from anyio import CapacityLimiter
+
 from adapters_store import VersionStore, open_store
 from learner.jobs.redis_embedded import find_running
 from learner.jobs.settings import JobSettings
@@ -49,6 +51,15 @@ class Serving:
         self.batcher = Batcher(self.metrics, self.settings.max_batch, self.settings.batch_wait_ms)
         self._app: Celery | None = None
         self._lock = threading.Lock()
+        self.inflight = 0  # classify requests this worker holds (its event loop counts them)
+        self._decode_slots: CapacityLimiter | None = None
+
+    def decode_slots(self) -> CapacityLimiter:
+        """Threads that may decode images at once (`JANUS_DECODE_SLOTS`); made on first use, in
+        the event loop."""
+        if self._decode_slots is None:
+            self._decode_slots = CapacityLimiter(self.settings.decode_slots)
+        return self._decode_slots
 
     def _open_store(self) -> VersionStore:
         return open_store(self.jobs.store_uri, clean=False)

@@ -2,8 +2,8 @@
 
 Each worker process builds one `Serving` (store, hot-swapped model, adaptive batcher) and mounts
 the FastAPI app of `service.api` (`/classify`, `/admin/*`, docs at `/api/docs`, also merged into
-BentoML's `/docs.json`). Middleware answers 413 for oversized bodies before anything is decoded,
-and `/readyz` with this worker's version and last load failure. `/metrics` is BentoML's
+BentoML's `/docs.json`). Middleware (`service.middleware.Guard`) refuses admin requests without
+the token and oversized bodies before reading them, and answers `/readyz`. `/metrics` is BentoML's
 Prometheus endpoint, with the `janus_*` metrics of every worker.
 """
 
@@ -16,7 +16,7 @@ import bentoml
 from service.api import create_api
 from service.config import ServiceSettings
 from service.core import Serving
-from service.middleware import BodyLimit, Readiness
+from service.middleware import Guard
 
 SETTINGS = ServiceSettings.from_env()
 
@@ -57,5 +57,6 @@ class Janus:
         self.serving.stop()
 
 
-Janus.add_asgi_middleware(Readiness, probe=_probe)  # type: ignore[attr-defined]
-Janus.add_asgi_middleware(BodyLimit, limit=SETTINGS.body_limit)  # type: ignore[attr-defined]
+Janus.add_asgi_middleware(  # type: ignore[attr-defined]
+    Guard, limit=SETTINGS.body_limit, probe=_probe, admin_tokens=SETTINGS.admin_tokens
+)

@@ -1,10 +1,11 @@
 """The Celery app of learn jobs (DESIGN.md §6): Redis broker and results, JSON only, long jobs.
 
 Long jobs need: late acknowledgement (a job is acknowledged when it ends, so a worker lost mid-job
-means redelivery) and requeue when the worker process dies; one job fetched at a time; a
-visibility timeout above the hard time limit (Redis redelivers a job unacknowledged for that long,
-which must not happen to a job still running); soft and hard time limits; result expiry. Pickle
-and every other content type than JSON are refused.
+means redelivery) and requeue when the worker process dies; one job fetched at a time; a short
+visibility timeout that a running job's heartbeat keeps pushing back (`learner.jobs.learn`: Redis
+delivers again a job whose worker stopped beating, within minutes, and never one still running);
+soft and hard time limits; result expiry; socket timeouts on every Redis connection, so a hung
+Redis is an error, not a hang. Pickle and every other content type than JSON are refused.
 
 One training job at a time per worker: prefork with one child (the hard time limit needs a child
 to kill). The parent never imports torch, so nothing CUDA exists before the fork; each child
@@ -22,7 +23,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from learner.jobs.client import LEARN_JOB
+from learner.jobs.client import LEARN_JOB, REDIS_TIMEOUTS
 from learner.jobs.redis_embedded import EmbeddedRedis, ensure_embedded, find_running
 from learner.jobs.settings import JobSettings
 
@@ -47,7 +48,11 @@ def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
             "visibility_timeout": int(settings.visibility_timeout_s),
             "unacked_restore_interval": settings.restore_interval_s,
             "unacked_restore_throttle": 1,
+            **REDIS_TIMEOUTS,
         },
+        "broker_connection_timeout": REDIS_TIMEOUTS["socket_connect_timeout"],
+        "redis_socket_timeout": REDIS_TIMEOUTS["socket_timeout"],
+        "redis_socket_connect_timeout": REDIS_TIMEOUTS["socket_connect_timeout"],
         "result_expires": int(settings.result_expires_s),
         "result_extended": True,
         "task_default_queue": settings.queue,

@@ -28,10 +28,12 @@ from kombu.utils.url import maybe_sanitize_url
 
 from adapters_store.cli import (
     add_command,
+    json_option,
     print_fields,
     print_json,
     print_table,
     shorten,
+    wants_json,
 )
 from learner.config import TrainConfig
 from learner.device import DEVICE_PATTERN
@@ -321,6 +323,24 @@ def _cancel(args: argparse.Namespace) -> int:
     return print_cancelled(cancel(app, args.id), as_json=args.json)
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from learner.jobs.intake import gc_datasets
+
+    settings = JobSettings.from_env()
+    removed = gc_datasets(settings.store_uri, args.older_than_days * 86400, dry_run=args.dry_run)
+    if wants_json(args):
+        print_json(removed)
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    if not removed:
+        print(
+            f"no staged datasets older than {args.older_than_days:g} days in {settings.store_uri}"
+        )
+    return 0
+
+
 def _device_spec(text: str) -> str:
     if not re.fullmatch(DEVICE_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
@@ -361,6 +381,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"Celery's log level: {', '.join(LOG_LEVELS)}",
     )
     worker.set_defaults(func=_redis_guard(_worker))
+
+    gc = add_command(subparsers, "gc", "remove staged datasets past a retention age")
+    gc.add_argument(
+        "--older-than-days",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="remove staged datasets last written more than this long ago (default 7, the "
+        "lifetime of job records)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    json_option(gc, "print the removed paths as JSON")
+    gc.set_defaults(func=_gc)
 
     learn = add_command(subparsers, "learn", "queue a learn job for a labeled batch")
     learn.add_argument(

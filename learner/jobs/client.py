@@ -7,6 +7,8 @@ asked, when) live in Redis next to Celery's results and expire with them:
     janus:job:<id>        the job's request (JSON) and submission time
     janus:cancel:<id>     set by `cancel`; the running job polls it (cooperative cancel)
     janus:attempts:<id>   deliveries of the job so far (a lost worker is one)
+    janus:heartbeat:<id>  set by the running job every JANUS_HEARTBEAT_S, expiring after three
+                          beats: a running job without one has lost its worker
     janus:serving         pub/sub channel: a job changed the serving version
 """
 
@@ -42,7 +44,7 @@ classes, so the code says "job")."""
 SERVING_CHANNEL = "janus:serving"
 JOBS_KEY = "janus:jobs"
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "unknown"]
+JobState = Literal["queued", "running", "lost", "succeeded", "failed", "cancelled", "unknown"]
 _STATES: dict[str, JobState] = {
     "PENDING": "queued",
     "RECEIVED": "queued",
@@ -66,6 +68,14 @@ def cancel_key(job_id: str) -> str:
 
 def attempts_key(job_id: str) -> str:
     return f"janus:attempts:{job_id}"
+
+
+def heartbeat_key(job_id: str) -> str:
+    return f"janus:heartbeat:{job_id}"
+
+
+REDIS_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+"""Every Redis client of the job system: a hung Redis is an error in seconds, not a hang."""
 
 
 class LearnRequest(BaseModel):
@@ -153,7 +163,7 @@ def _text(value: object) -> str:
 
 
 def redis_client(app: Celery) -> redis.Redis:
-    return redis.Redis.from_url(str(app.conf.broker_url))
+    return redis.Redis.from_url(str(app.conf.broker_url), **REDIS_TIMEOUTS)
 
 
 def _ttl(app: Celery) -> int:
@@ -179,7 +189,14 @@ def submit(app: Celery, request: LearnRequest, job_id: str | None = None) -> str
         pipe.zadd(JOBS_KEY, {job_id: now})
         pipe.zremrangebyscore(JOBS_KEY, 0, now - _ttl(app))
         pipe.execute()
-    app.send_task(LEARN_JOB, kwargs=body, task_id=job_id)
+    try:  # the record first, so a worker never runs a job without one; a failed send removes it
+        app.send_task(LEARN_JOB, kwargs=body, task_id=job_id)
+    except BaseException:
+        with client.pipeline() as pipe:
+            pipe.delete(job_key(job_id))
+            pipe.zrem(JOBS_KEY, job_id)
+            pipe.execute()
+        raise
     return job_id
 
 
@@ -199,6 +216,8 @@ def status(app: Celery, job_id: str) -> JobStatus:
     state = _STATES.get(celery_state, "unknown")
     if celery_state == "PENDING" and not record:
         state = "unknown"
+    if state == "running" and not client.exists(heartbeat_key(job_id)):
+        state = "lost"  # its worker died; the next live worker runs it again
     out: dict[str, Any] = {
         "job_id": job_id,
         "state": state,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import secrets
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -63,30 +63,71 @@ def _archive_suffix(head: bytes, data_path: Path) -> str:
 
 
 def stage_dataset(path: str | os.PathLike[str], store_uri: str) -> str:
-    """Copies a folder (packed as tar) or an archive into the store; returns `datasets/<sha>`."""
+    """Copies a folder (packed as tar) or an archive into the store; returns `datasets/<sha>`.
+
+    Streamed: a folder is packed into a temporary file, the digest is computed a chunk at a time
+    and the file is copied into the store from disk, so memory does not follow its size.
+    """
     src = Path(path)
-    if src.is_dir():
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for file in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
-                info = tf.gettarinfo(str(file), arcname=file.relative_to(src).as_posix())
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                with open(file, "rb") as fh:
-                    tf.addfile(info, fh)
-        data = buf.getvalue()
-    elif src.is_file():
-        data = src.read_bytes()
-    else:
-        raise DataError(f"{src}: no such file or folder; pass a class-folder tree or an archive")
-    digest = hashlib.sha256(data).hexdigest()
-    fs, root = _store_fs(store_uri)
-    target = f"{root}/datasets/{digest}"
-    if not fs.exists(target):
-        fs.makedirs(f"{root}/datasets", exist_ok=True)
-        tmp = f"{target}.tmp-{secrets.token_hex(6)}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, target)
+    with tempfile.TemporaryDirectory(prefix="janus-stage-") as tmp:
+        if src.is_dir():
+            archive = Path(tmp) / "dataset.tar"
+            _pack(src, archive)
+        elif src.is_file():
+            archive = src
+        else:
+            raise DataError(
+                f"{src}: no such file or folder; pass a class-folder tree or an archive"
+            )
+        h = hashlib.sha256()
+        with open(archive, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+        digest = h.hexdigest()
+        fs, root = _store_fs(store_uri)
+        target = f"{root}/datasets/{digest}"
+        if not fs.exists(target):
+            fs.makedirs(f"{root}/datasets", exist_ok=True)
+            partial = f"{target}.tmp-{secrets.token_hex(6)}"
+            fs.put_file(str(archive), partial)
+            fs.mv(partial, target)
     return f"datasets/{digest}"
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """A folder as a deterministic tar (sorted members, no times or owners): the same folder
+    always stages under the same digest."""
+    with tarfile.open(archive, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            info = tf.gettarinfo(str(file), arcname=file.relative_to(folder).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(file, "rb") as fh:
+                tf.addfile(info, fh)
+
+
+def gc_datasets(store_uri: str, older_than_s: float, *, dry_run: bool = False) -> list[str]:
+    """Removes staged datasets (`datasets/<sha256>`, and partial copies) last written more than
+    `older_than_s` ago; returns their store paths. Versions never reference a staged dataset
+    (they keep its digest only), so no version loses a file; a queued job whose dataset is
+    removed fails with "not staged", so the age should exceed how long a job may wait."""
+    fs, root = _store_fs(store_uri)
+    folder = f"{root}/datasets"
+    try:
+        entries = fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for entry in sorted(entries):
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if not re.fullmatch(r"[0-9a-f]{64}(\.tmp-[0-9a-f]+)?", name):
+            continue  # not ours
+        if fs.modified(entry).timestamp() > cutoff:
+            continue
+        if not dry_run:
+            fs.rm(entry)
+        removed.append(f"datasets/{name}")
+    return removed
 
 
 @contextlib.contextmanager

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -31,8 +34,15 @@ from pydantic import ValidationError
 from adapters_store import Manifest, StoreError, VersionStore, open_store
 from learner.data import Batch, DataError, holdout_split, in_memory
 from learner.jobs.app import app_settings
-from learner.jobs.client import LearnRequest, announce, attempts_key, cancel_key
-from learner.jobs.intake import open_dataset, open_new_classes
+from learner.jobs.client import (
+    REDIS_TIMEOUTS,
+    LearnRequest,
+    announce,
+    attempts_key,
+    cancel_key,
+    heartbeat_key,
+)
+from learner.jobs.intake import open_dataset, open_new_classes, under_roots
 from learner.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
@@ -85,6 +95,51 @@ class _Reporter:
         self.job.update_state(state="PROGRESS", meta=meta)
 
 
+UNACKED_INDEX = "unacked_index"
+"""Kombu's Redis transport: the sorted set of delivered, unacknowledged messages by delivery
+time; its restore loop delivers again those older than the visibility timeout."""
+
+
+class _Heartbeat:
+    """While a job runs, every `JANUS_HEARTBEAT_S`: its message's delivery time in the broker's
+    unacknowledged index moves to now, and `janus:heartbeat:<id>` is renewed (expiring after
+    three beats). A job whose worker dies stops beating: `janus jobs` shows it `lost` after three
+    missed beats, and the broker delivers it again a visibility timeout after the last beat
+    (minutes), to the next live worker, while a job that runs for hours is never delivered
+    twice."""
+
+    def __init__(
+        self, client: redis.Redis, job_id: str, tag: str | None, settings: JobSettings
+    ) -> None:
+        self.client, self.job_id, self.tag = client, job_id, tag
+        self.every_s, self.ttl_s = settings.heartbeat_s, max(1, round(3 * settings.heartbeat_s))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="janus-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        with self.client.pipeline() as pipe:
+            if self.tag is not None:  # xx: never re-add a message already acknowledged
+                pipe.zadd(UNACKED_INDEX, {self.tag: time.time()}, xx=True)
+            pipe.set(heartbeat_key(self.job_id), time.time(), ex=self.ttl_s)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with contextlib.suppress(redis.RedisError):  # the next beat tries again
+                self.beat()
+
+    def __enter__(self) -> _Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(heartbeat_key(self.job_id))
+
+
 def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
     if request.parent == "root":
         return None
@@ -93,13 +148,24 @@ def _parent_id(store: VersionStore, request: LearnRequest) -> str | None:
     return store.get(request.parent).id
 
 
-def _parent_state(store: VersionStore, parent: str | None, request: LearnRequest) -> LearnerState:
+def _parent_state(
+    store: VersionStore, parent: str | None, request: LearnRequest, settings: JobSettings
+) -> LearnerState:
     from learner.config import BackboneConfig, LoRAConfig
     from learner.jobs.versioning import load_state
     from learner.state import LearnerState
 
     if parent is None:
-        return LearnerState(request.backbone or BackboneConfig(), request.lora or LoRAConfig())
+        backbone = request.backbone or BackboneConfig()
+        if backbone.weights == "file":  # a path the request names: only where datasets may be
+            weights = Path(os.path.realpath(str(backbone.path)))
+            roots = (*settings.allowed_roots, Path(os.path.realpath(settings.data_dir / "weights")))
+            if not under_roots(weights, roots):
+                raise JobFailed(
+                    f"backbone weights {backbone.path} are outside the folders a learn job may "
+                    f"read ({', '.join(map(str, roots))}); copy the file there"
+                )
+        return LearnerState(backbone, request.lora or LoRAConfig())
     state = load_state(store, parent)
     if request.backbone is not None and request.backbone != state.backbone:
         raise JobFailed(
@@ -186,7 +252,7 @@ def _train_and_publish(
         version, activated = _reuse(store, existing, request, digest)
         return _result(store, version, activated, reused=True)
     parent = _parent_id(store, request)
-    state = _parent_state(store, parent, request)
+    state = _parent_state(store, parent, request, settings)
     side = input_spec(state.backbone).size
     device = resolve_device(settings.device)
     workers = default_workers() if settings.loader_workers is None else settings.loader_workers
@@ -250,7 +316,11 @@ def learn_job(job: CeleryTask, **kwargs: Any) -> dict[str, Any]:
     """The body of `janus.learn` (bound: `job` is the Celery task; kwargs: a LearnRequest)."""
     job_id = str(job.request.id)
     settings = app_settings(job.app)
-    with redis.Redis.from_url(str(job.app.conf.broker_url)) as client:
+    tag = (job.request.delivery_info or {}).get("delivery_tag")
+    with (
+        redis.Redis.from_url(str(job.app.conf.broker_url), **REDIS_TIMEOUTS) as client,
+        _Heartbeat(client, job_id, tag, settings),
+    ):
         return _run(job, client, job_id, settings, kwargs)
 
 

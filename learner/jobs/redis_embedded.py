@@ -81,7 +81,7 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the server if this process started it (SIGTERM: Redis saves, then exits)."""

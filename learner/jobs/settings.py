@@ -40,9 +40,13 @@ class JobSettings(DataSettings):
         6 * 3600.0 + 600.0, gt=0, description="a learn job is killed after this long"
     )
     visibility_timeout_s: float = Field(
-        7 * 3600.0,
+        120.0,
         gt=0,
-        description="a job not acknowledged this long is delivered again (above the time limit)",
+        description="a running job whose heartbeat stopped this long ago (its worker died) is "
+        "delivered again",
+    )
+    heartbeat_s: float = Field(
+        20.0, gt=0, description="how often a running job tells the broker it is alive"
     )
     restore_interval_s: float = Field(
         30.0, gt=0, description="how often a worker looks for jobs to deliver again"
@@ -84,12 +88,17 @@ class JobSettings(DataSettings):
 
     @model_validator(mode="after")
     def _check(self) -> JobSettings:
-        if not self.job_soft_time_limit_s < self.job_time_limit_s < self.visibility_timeout_s:
+        if not self.job_soft_time_limit_s < self.job_time_limit_s:
             raise ValueError(
-                "need JANUS_JOB_SOFT_TIME_LIMIT_S < JANUS_JOB_TIME_LIMIT_S < "
-                f"JANUS_VISIBILITY_TIMEOUT_S (got {self.job_soft_time_limit_s:g}, "
-                f"{self.job_time_limit_s:g}, {self.visibility_timeout_s:g}): a job still running "
-                "when its visibility timeout passes is delivered a second time"
+                "need JANUS_JOB_SOFT_TIME_LIMIT_S < JANUS_JOB_TIME_LIMIT_S (got "
+                f"{self.job_soft_time_limit_s:g}, {self.job_time_limit_s:g}): the soft limit asks "
+                "the job to stop, the hard one kills it"
+            )
+        if self.visibility_timeout_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"need JANUS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s:g}) ≥ 3 × "
+                f"JANUS_HEARTBEAT_S ({self.heartbeat_s:g}): a job whose heartbeats are late "
+                "would be delivered a second time while it runs"
             )
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
             raise ValueError(

@@ -31,10 +31,11 @@ from service.process_group import spawn_group, stop_group
 from tests.conftest import TINY_BACKBONES
 
 REPO = Path(__file__).resolve().parents[2]
-TIMINGS = {  # a redelivered job must end before its visibility timeout passes again
+TIMINGS = {  # short, so a lost worker's job comes back within seconds in tests
     "JANUS_JOB_SOFT_TIME_LIMIT_S": "40",
     "JANUS_JOB_TIME_LIMIT_S": "45",
-    "JANUS_VISIBILITY_TIMEOUT_S": "50",
+    "JANUS_HEARTBEAT_S": "2",
+    "JANUS_VISIBILITY_TIMEOUT_S": "10",
     "JANUS_RESTORE_INTERVAL_S": "1",
 }
 

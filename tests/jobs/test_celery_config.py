@@ -29,6 +29,8 @@ def test_app_is_configured_for_long_json_only_jobs(tmp_path: Path) -> None:
     assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
     assert conf.task_soft_time_limit == 90 and conf.task_time_limit == 100
     assert conf.broker_transport_options["visibility_timeout"] == 120
+    assert conf.broker_transport_options["socket_timeout"] > 0  # a hung Redis is an error
+    assert conf.redis_socket_timeout > 0 and conf.redis_socket_connect_timeout > 0
     assert conf.result_expires and conf.broker_url == conf.result_backend
     assert LEARN_JOB in app.tasks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,14 @@ def test_staged_dataset_round_trip(tmp_path: Path, digits: LabeledBatch) -> None
         ({"train": {"no_such": 1}}, "no_such"),
         ({"idempotency_key": "a/b"}, "invalid idempotency key"),
         ({"activation": "sometimes"}, "activation"),
+        (  # a path through timm's keyword arguments: refused by name
+            {"backbone": {"name": "test_vit", "model_kwargs": {"checkpoint_path": 1}}},
+            r"\['checkpoint_path'\] are not accepted",
+        ),
+        (  # and no string value at all, whatever the key
+            {"backbone": {"name": "test_vit", "model_kwargs": {"img_size": "/etc/passwd"}}},
+            "model_kwargs.img_size",
+        ),
     ],
 )
 def test_learn_request_validation(fields: dict[str, object], message: str) -> None:
@@ -124,6 +133,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
         "JANUS_JOB_SOFT_TIME_LIMIT_S": "10",
         "JANUS_JOB_TIME_LIMIT_S": "20",
         "JANUS_VISIBILITY_TIMEOUT_S": "30",
+        "JANUS_HEARTBEAT_S": "5",
     }
     s = JobSettings.from_env(env)
     assert s.redis_url is None and s.job_time_limit_s == 20
@@ -137,7 +147,11 @@ def test_settings_from_env(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"JANUS_VISIBILITY_TIMEOUT_S": "60"}, "is delivered a second time"),
+        ({"JANUS_VISIBILITY_TIMEOUT_S": "50"}, "delivered a second time while it runs"),
+        (
+            {"JANUS_JOB_SOFT_TIME_LIMIT_S": "60", "JANUS_JOB_TIME_LIMIT_S": "60"},
+            "the soft limit asks",
+        ),
         ({"JANUS_REDIS_URL": "http://x"}, "redis://"),
         ({"JANUS_MIN_PER_CLASS": "1"}, "JANUS_MIN_PER_CLASS"),
     ],
@@ -145,3 +159,27 @@ def test_settings_from_env(tmp_path: Path) -> None:
 def test_settings_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         JobSettings.from_env(env)
+
+
+def test_gc_removes_only_staged_datasets_past_the_age(
+    tmp_path: Path, digits: LabeledBatch, monkeypatch, capsys
+) -> None:
+    import os
+    import time
+
+    from service.cli import main
+
+    store = tmp_path / "data" / "store"
+    old = stage_dataset(_folder(digits, tmp_path / "a", ["digit0", "digit1"]), str(store))
+    new = stage_dataset(_folder(digits, tmp_path / "b", ["digit2", "digit3"]), str(store))
+    week_ago = time.time() - 8 * 86400
+    os.utime(store / old, (week_ago, week_ago))
+    (store / "datasets" / "notes.txt").write_text("not a staged dataset")
+    os.utime(store / "datasets" / "notes.txt", (week_ago, week_ago))
+    monkeypatch.setenv("JANUS_DATA_DIR", str(tmp_path / "data"))
+    assert main(["gc", "--dry-run"]) == 0
+    assert f"would remove {old}" in capsys.readouterr().out and (store / old).exists()
+    assert main(["gc", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [old]
+    assert not (store / old).exists() and (store / new).exists()
+    assert (store / "datasets" / "notes.txt").exists()  # not ours: left alone

@@ -22,6 +22,7 @@ from learner.jobs.client import (
     wait,
 )
 from learner.jobs.versioning import load_state
+from tests.conftest import TINY_BACKBONES
 from tests.jobs.conftest import JobEnv
 
 pytestmark = pytest.mark.integration
@@ -108,6 +109,23 @@ def test_known_class_fails_before_training(job_env: JobEnv, digits: LabeledBatch
     )
     assert again.state == "failed" and again.error
     assert "['digit8'] are already learned" in again.error and "k2" in again.error
+
+
+def test_backbone_weights_outside_the_allowed_folders_fail_the_job(
+    job_env: JobEnv, digits: LabeledBatch, tmp_path: pathlib.Path
+) -> None:
+    from learner.backbones import save_backbone_weights
+
+    outside = save_backbone_weights(TINY_BACKBONES["convnet"], tmp_path / "w.safetensors")
+    backbone = TINY_BACKBONES["convnet"].model_copy(
+        update={"weights": "file", "path": str(outside)}
+    )
+    data = job_env.dataset(digits, "weights-outside", ["digit5", "digit6"])
+    job = job_env.run(
+        job_env.request(data, parent="root").model_copy(update={"backbone": backbone})
+    )
+    assert job.state == "failed" and job.error
+    assert "outside the folders a learn job may read" in job.error and str(outside) in job.error
 
 
 class _Touch:

@@ -1,7 +1,9 @@
-"""A worker killed with SIGKILL mid-training: its job is delivered again and published once."""
+"""A worker killed with SIGKILL mid-training: its job is delivered again and published once,
+within seconds with the tests' short timings and within minutes with the defaults."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +11,11 @@ import pytest
 
 from adapters_store import open_store, verify_store
 from learner.data import LabeledBatch
-from learner.jobs.client import attempts_key, redis_client, submit, wait
+from learner.jobs.app import create_app
+from learner.jobs.client import attempts_key, redis_client, status, submit, wait
 from learner.jobs.redis_embedded import EmbeddedRedis
-from tests.jobs.conftest import JobEnv, Worker, make_job_env, start_worker
+from learner.jobs.settings import JobSettings
+from tests.jobs.conftest import TIMINGS, JobEnv, Worker, make_job_env, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,3 +62,49 @@ def test_killed_worker_job_is_redelivered_and_published_once(
     assert [m.id for m in store.versions() if m.idempotency_key == "kill-1"] == [done.version]
     assert len(store.versions()) == 1 and verify_store(store).ok
     assert int(redis_client(kill_env.app).get(attempts_key(job_id)) or 0) == 2
+
+
+@pytest.mark.timeout(600)
+def test_a_whole_worker_killed_with_default_timings_has_its_job_rerun_within_minutes(
+    tmp_path: Path, redis_server: EmbeddedRedis, digits: LabeledBatch
+) -> None:
+    """The default heartbeat, visibility timeout and restore interval: the job shows `lost`, a
+    new worker runs it again and publishes one version, all within 5 minutes of the kill."""
+    short = make_job_env(tmp_path, redis_server.url, "janus-kill-default")
+    short.app.close()
+    env = {k: v for k, v in short.env.items() if k not in TIMINGS}  # the defaults
+    settings = JobSettings.from_env(env)
+    jobs = JobEnv(short.root, env, settings, create_app(settings))
+    data = jobs.dataset(digits, "long", ["digit1", "digit2"], per_class=100)
+    request = jobs.request(
+        data, parent="root", idempotency_key="kill-default", train={"epochs": 15}
+    )
+    workers: list[Worker] = []
+    try:
+        workers.append(start_worker(jobs.env, jobs.root / "worker-1.log"))
+        workers[0].wait_ready(jobs.app)
+        job_id = submit(jobs.app, request)
+        wait(jobs.app, job_id, timeout=90, poll_s=0.2, until=lambda s: s.state == "running")
+        workers[0].kill()  # the worker and its pool child, as a host crash would
+        killed = time.monotonic()
+        workers.append(start_worker(jobs.env, jobs.root / "worker-2.log"))
+        lost = wait(jobs.app, job_id, timeout=300, poll_s=1, until=lambda s: s.state == "lost")
+        lost_after = time.monotonic() - killed
+        done = wait(jobs.app, job_id, timeout=300, poll_s=1)
+        published_after = time.monotonic() - killed
+    finally:
+        for worker in workers:
+            worker.stop()
+        jobs.app.close()
+    assert lost.state == "lost" and done.state == "succeeded", done.error
+    store = open_store(settings.store_uri)
+    versions = [m.id for m in store.versions() if m.idempotency_key == "kill-default"]
+    print(
+        f"\nworker killed mid-job (defaults: heartbeat {settings.heartbeat_s:g} s, visibility "
+        f"{settings.visibility_timeout_s:g} s, restore every {settings.restore_interval_s:g} s): "
+        f"shown lost after {lost_after:.0f} s, re-run and published after "
+        f"{published_after / 60:.1f} min, {len(versions)} version(s) for its key"
+    )
+    assert versions == [done.version] and verify_store(store).ok
+    assert published_after < 300
+    assert status(jobs.app, job_id).state == "succeeded"

@@ -29,7 +29,7 @@ from service.api import create_api
 from service.config import ServiceSettings
 from service.core import Serving
 from service.metrics import service_metrics
-from service.middleware import BodyLimit, Readiness
+from service.middleware import Guard
 from tests.conftest import TINY_BACKBONES
 from tests.jobs.conftest import redis_server  # noqa: F401 (the real Redis of the job tests)
 
@@ -85,7 +85,7 @@ def make_api(store_root: Path, **settings: object) -> Api:
     serving = Serving(cfg, jobs, service_metrics())
     serving.swapper.check()
     app = create_api(lambda: serving)
-    wrapped = Readiness(BodyLimit(app, limit=cfg.body_limit), probe=serving.swapper.readiness)
+    wrapped = Guard(app, cfg.body_limit, serving.swapper.readiness, cfg.admin_tokens)
     return Api(TestClient(wrapped), serving, open_store(store_root, clean=False))
 
 

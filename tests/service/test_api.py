@@ -55,6 +55,15 @@ def test_readiness_detail(api: Api) -> None:
     assert REGISTRY.get_sample_value("janus_serving_version", labels) == 1  # /metrics says so too
 
 
+def test_readiness_detail_is_for_admins_only(api: Api) -> None:
+    public = api.client.get("/readyz").json()
+    assert set(public) == {"ready", "version", "engine"}  # no pid, pointer or last error
+    detail = api.client.get("/readyz", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert {"pid", "serving_pointer", "last_error"} <= set(detail)
+    wrong = api.client.get("/readyz", headers={"Authorization": "Bearer wrong-token-wrong-to"})
+    assert "pid" not in wrong.json()
+
+
 def test_not_ready_without_a_version(tmp_path) -> None:
     a = make_api(tmp_path / "empty-store")
     assert a.client.get("/readyz").status_code == 503
@@ -83,6 +92,52 @@ def test_pixel_limit_decompression_bomb(api: Api) -> None:
     r = api.client.post("/classify", files=[("images", ("big.png", png(big), "image/png"))])
     assert r.status_code == 413
     assert "pixels" in r.json()["detail"]
+
+
+def test_the_request_decode_budget_is_checked_from_headers_before_any_decoding(
+    version_store,
+) -> None:
+    a = make_api(version_store, max_pixels=100_000, max_request_pixels=150_000)
+    fine = png(np.zeros((300, 300), np.uint8))  # 90k pixels: each alone is under max_pixels
+    broken = fine[: len(fine) // 2]  # its header parses, its pixels do not
+    with a.client:
+        r = a.client.post(
+            "/classify", files=[("images", ("a.png", broken)), ("images", ("b.png", fine))]
+        )
+        assert r.status_code == 413, r.text  # the budget, not the corrupt pixels decoded first
+        assert "JANUS_MAX_REQUEST_PIXELS" in r.json()["detail"]
+        r = a.client.post("/classify", files=[("images", ("a.png", broken))])
+        assert r.status_code == 400 and "corrupt" in r.json()["detail"]  # alone: decoded, refused
+    a.serving.stop()
+
+
+def test_an_image_declaring_too_many_frames_is_refused(version_store) -> None:
+    frames = [Image.fromarray(np.full((16, 16), 40 * i, np.uint8)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    a = make_api(version_store, max_frames=2)
+    with a.client:
+        r = a.client.post("/classify", files=[("images", ("a.gif", buf.getvalue()))])
+        assert r.status_code == 413 and "JANUS_MAX_FRAMES" in r.json()["detail"]
+    a.serving.stop()
+    b = make_api(version_store, max_frames=3)
+    with b.client:  # within the limit: the first frame answers
+        assert b.client.post("/classify", files=[("images", ("a.gif", buf.getvalue()))]).is_success
+    b.serving.stop()
+
+
+def test_a_full_worker_answers_503_with_retry_after_before_reading(
+    api: Api, digits: LabeledBatch
+) -> None:
+    api.serving.inflight = api.serving.settings.max_inflight  # as if that many were in flight
+    try:
+        r = api.client.post("/classify", files=[("images", ("d.png", _digit(digits, 1)))])
+    finally:
+        api.serving.inflight = 0
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "JANUS_MAX_INFLIGHT" in r.json()["detail"]
+    r = api.client.post("/classify", files=[("images", ("d.png", _digit(digits, 1)))])
+    assert r.status_code == 200 and api.serving.inflight == 0  # released after each request
 
 
 def test_format_outside_allowlist_is_415(tmp_path, version_store) -> None:
@@ -137,6 +192,38 @@ def test_admin_token_missing_401_wrong_403(api: Api) -> None:
     assert r.status_code == 200
     assert [v["id"] for v in r.json()] == ["v0001", "v0002", "v0003"]
     assert [v["serving"] for v in r.json()] == [False, True, False]
+
+
+def test_admin_requests_without_the_token_are_refused_by_the_gate(api: Api) -> None:
+    body = {"reason": "x" * 100, "unknown_field": 1}  # would be a 422 if it were read
+    assert api.client.post("/admin/rollback", json=body).status_code == 401
+    bad = {"Authorization": "Bearer wrong-token-wrong-token"}
+    r = api.client.post("/admin/versions/v0001/activate", json=body, headers=bad)
+    assert r.status_code == 403 and "not valid" in r.json()["detail"]
+    ok = {"Authorization": f"Bearer {ADMIN}"}
+    r = api.client.post("/admin/rollback", json=body, headers=ok)
+    assert r.status_code == 422  # with the token, the body is read and checked
+
+
+def test_a_read_only_admin_token_reads_and_cannot_change(version_store, tmp_path) -> None:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(version_store, root)
+    reader = "reader-token-0123456789"
+    a = make_api(root, admin_read_token=reader)
+    read = {"Authorization": f"Bearer {reader}"}
+    with a.client:
+        assert a.client.get("/admin/versions", headers=read).status_code == 200
+        assert "pid" in a.client.get("/readyz", headers=read).json()
+        r = a.client.post("/admin/rollback", headers=read, json={})
+        assert r.status_code == 403 and a.store.serving() == "v0002"  # nothing moved
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        r = a.client.post("/admin/rollback", headers=admin, json={"actor": "mallory"})
+        assert r.status_code == 200, r.text
+    entry = a.store.history()[-1]
+    assert entry.actor == "admin-token (says 'mallory')"  # the token acted; the name is a claim
+    a.serving.stop()
 
 
 def test_classify_token(version_store, digits: LabeledBatch) -> None:

@@ -8,6 +8,7 @@ that was serving during that request.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -159,6 +160,120 @@ def test_bad_requests_leave_workers_up(stack: Stack) -> None:
     assert [r.status_code for r in bad] == [413, 400, 400, 415, 401, 403]
     assert server.versions() == before  # the same worker processes, still serving
     assert _classify(server, stack.digits, 0)["version"] == before[next(iter(before))]
+
+
+def _raw_request(server: Server, head: bytes) -> tuple[bytes, float]:
+    """Sends only a request's head on a raw socket: (the answer's first bytes, seconds to it)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        start = time.perf_counter()
+        sock.sendall(head)
+        answer = sock.recv(65536)
+        return answer, time.perf_counter() - start
+
+
+def test_an_unauthenticated_admin_request_is_refused_before_its_body(stack: Stack) -> None:
+    """The heads announce 512 MiB, or a chunked body, and no body follows: the answers must come
+    at once, from the heads alone."""
+    server = stack.server
+    host = server.url.split("//")[1]
+    announced = 512 << 20
+    heads = [
+        f"POST /admin/versions/v0001/activate HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {announced}\r\n\r\n",
+        f"POST /admin/learn HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+        "boundary=x\r\nTransfer-Encoding: chunked\r\n"
+        "Authorization: Bearer wrong-token-0123456789\r\n\r\n",
+    ]
+    for head, status in zip(heads, (b" 401 ", b" 403 "), strict=True):
+        answer, seconds = _raw_request(server, head.encode())
+        line = answer.split(b"\r\n")[0]
+        print(f"\nunauthenticated admin request: {line.decode()} after {1000 * seconds:.1f} ms")
+        assert status in line and seconds < 1.0
+    public = server.get("/readyz").json()
+    assert set(public) <= {"ready", "version", "engine"}  # no pid, pointer or error for anyone
+    assert "pid" in server.get("/readyz", headers=server.admin).json()
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            total += p.memory_info().rss
+    return total
+
+
+def test_decode_budget_attacks_leave_memory_and_latency_bounded(stack: Stack) -> None:
+    """8 clients send requests that fill the decode budget (two 4.9 KB PNGs of 6300 × 6300
+    1-bit pixels each, 79 M pixels to decode) while one client classifies normal images."""
+    from PIL import Image
+
+    server = stack.server
+    buf = io.BytesIO()
+    Image.new("1", (6300, 6300)).save(buf, format="PNG")
+    bomb = buf.getvalue()
+    over = [("images", (f"{i}.png", bomb, "image/png")) for i in range(3)]
+    r = server.post("/classify", files=over)  # three: over the budget, refused unread
+    assert r.status_code == 413 and "JANUS_MAX_REQUEST_PIXELS" in r.json()["detail"]
+    attack = [("images", (f"{i}.png", bomb, "image/png")) for i in range(2)]
+    normal = _image(stack.digits, 0)
+    baseline, peak = _tree_rss(server.process.pid), 0
+    stop = threading.Event()
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    def attacker() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            while not stop.is_set():
+                statuses.append(client.post("/classify", files=attack).status_code)
+
+    def user() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = client.post("/classify", files=[("images", ("d.png", normal, "image/png"))])
+                latencies.append(time.perf_counter() - t0)
+                assert r.status_code in (200, 503), r.text
+
+    alone = threading.Thread(target=user)  # the same stream without attackers, for reference
+    alone.start()
+    time.sleep(5)
+    stop.set()
+    alone.join(timeout=60)
+    quiet_p99 = 1000 * float(np.percentile(latencies, 99))
+    stop.clear()
+    latencies.clear()
+    threads = [threading.Thread(target=attacker) for _ in range(8)] + [
+        threading.Thread(target=user)
+    ]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        peak = max(peak, _tree_rss(server.process.pid))
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    growth = (peak - baseline) / (1 << 20)
+    assert statuses and set(statuses) <= {200, 503} and latencies
+    p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
+    print(
+        f"\n8 decode-budget attackers, 15 s: {len(statuses)} attacks "
+        f"({statuses.count(200)} answered, {statuses.count(503)} told to retry), service RSS "
+        f"growth {growth:.0f} MiB (peak {peak / (1 << 20):.0f} MiB); normal requests: "
+        f"{len(latencies)}, p50 {p50:.0f} ms, p99 {p99:.0f} ms (p99 {quiet_p99:.0f} ms without "
+        "attackers)"
+    )
+    assert growth < 1024, f"the service grew by {growth:.0f} MiB"
+    assert server.versions()  # every worker still up
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 from service.batching import Batcher
 from service.metrics import service_metrics
 from service.runtime import LoadedModel
-from tests.service.conftest import make_api
+from tests.service.conftest import ADMIN, make_api
 
 
 def _copy(version_store: Path, tmp_path: Path) -> Path:
@@ -39,7 +39,7 @@ def test_failed_load_keeps_old_version(version_store: Path, tmp_path: Path) -> N
     a.store.activate("v0001", actor="test")
     (root / "versions" / "v0001" / "model.onnx").write_bytes(b"damaged")
     a.serving.swapper.check()
-    ready = a.client.get("/readyz")
+    ready = a.client.get("/readyz", headers={"Authorization": f"Bearer {ADMIN}"})
     assert ready.status_code == 200  # still serving the old version
     detail = ready.json()
     assert detail["version"] == "v0002"

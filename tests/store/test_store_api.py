@@ -290,3 +290,51 @@ def test_threads_publishing_at_once_get_distinct_ids(tmp_path: Path) -> None:
 def test_a_file_uri_opens_the_same_local_store(tmp_path: Path) -> None:
     manifest = publish(open_store(tmp_path / "store"))
     assert open_store(f"file://{tmp_path}/store", create=False).get(manifest.id) == manifest
+
+
+@pytest.mark.parametrize("store_uri", ["memory", "s3"], indirect=True)  # conditional PUTs
+def test_a_commit_retried_after_its_answer_was_lost_finds_its_own_manifest(
+    store_uri: str,
+) -> None:
+    """On S3 a retried conditional PUT whose first try succeeded gets 412: the commit must take
+    the manifest it finds for its own when it is, and refuse another's."""
+    from adapters_store._backend import ObjectBackend
+
+    store = open_store(store_uri)
+    backend = store._backend
+    assert isinstance(backend, ObjectBackend)
+    staging = backend.staging_dir("v0001", "t")
+    backend.commit(staging, "v0001", b'{"id": "v0001", "mine": true}')
+    backend.commit(staging, "v0001", b'{"id": "v0001", "mine": true}')  # the retry: no error
+    with pytest.raises(FileExistsError):
+        backend.commit(staging, "v0001", b'{"id": "v0001", "mine": false}')
+
+
+def test_leftovers_of_another_container_are_judged_by_age_not_by_our_pids(tmp_path: Path) -> None:
+    """Containers sharing a volume (and a pod's hostname) number their pids alike: a temp file
+    or a reservation from another process space is removed by age only."""
+    import os
+    import socket
+    import time
+
+    from adapters_store._owner import Owner, process_space
+
+    store = open_store(tmp_path / "store")
+    dead_pid = 4_000_000  # above pid_max: no such process here
+    names = {
+        "ours": f".tmp-{process_space()}-{dead_pid}-aa",
+        "theirs_young": f".tmp-0123456789ab-{dead_pid}-bb",
+        "theirs_old": f".tmp-0123456789ab-{dead_pid}-cc",
+    }
+    for name in names.values():
+        (tmp_path / "store" / name).write_bytes(b"partial")
+    old = time.time() - 7200
+    os.utime(tmp_path / "store" / names["theirs_old"], (old, old))
+    removed = store.clean_staging(stale_after_s=3600)
+    assert names["ours"] in removed and names["theirs_old"] in removed  # dead here; too old
+    assert (tmp_path / "store" / names["theirs_young"]).exists()  # maybe alive over there
+    neighbour = Owner(
+        host=socket.gethostname(), pid=dead_pid, token="t", started=time.time(), space="other"
+    )
+    assert neighbour.alive(3600)  # same hostname, another pid namespace: not judged by pid
+    assert not neighbour.model_copy(update={"space": process_space()}).alive(3600)
