@@ -13,7 +13,7 @@ from adapters_store import open_store, verify_store
 from learner.data import LabeledBatch
 from learner.jobs.app import create_app
 from learner.jobs.client import attempts_key, redis_client, status, submit, wait
-from learner.jobs.redis_embedded import EmbeddedRedis
+from learner.jobs.redis_embedded import EmbeddedRedis, start_embedded
 from learner.jobs.settings import JobSettings
 from tests.jobs.conftest import TIMINGS, JobEnv, Worker, make_job_env, start_worker
 
@@ -66,10 +66,25 @@ def test_killed_worker_job_is_redelivered_and_published_once(
 
 @pytest.mark.timeout(600)
 def test_a_whole_worker_killed_with_default_timings_has_its_job_rerun_within_minutes(
-    tmp_path: Path, redis_server: EmbeddedRedis, digits: LabeledBatch
+    tmp_path: Path, digits: LabeledBatch
 ) -> None:
     """The default heartbeat, visibility timeout and restore interval: the job shows `lost`, a
-    new worker runs it again and publishes one version, all within 5 minutes of the kill."""
+    new worker runs it again and publishes one version, all within 5 minutes of the kill.
+
+    Its own Redis: the broker's index of unacknowledged messages is one per Redis database, and
+    every worker restores from it with its own visibility timeout, so the other tests' workers
+    (10 s) would deliver this job again while it runs. Workers sharing a Redis must share the
+    timings (DESIGN.md §6)."""
+    redis_server = start_embedded(tmp_path / "redis")
+    try:
+        _killed_with_default_timings(tmp_path, redis_server, digits)
+    finally:
+        redis_server.stop()
+
+
+def _killed_with_default_timings(
+    tmp_path: Path, redis_server: EmbeddedRedis, digits: LabeledBatch
+) -> None:
     short = make_job_env(tmp_path, redis_server.url, "janus-kill-default")
     short.app.close()
     env = {k: v for k, v in short.env.items() if k not in TIMINGS}  # the defaults

@@ -371,7 +371,8 @@ def test_url_serving_changes_print_a_line_unless_json(
 ) -> None:
     url = ["--url", "http://testserver"]
     assert main(["activate", "v0003", "--actor", "ops", "--reason", "ship", *url]) == 0
-    assert capsys.readouterr().out == "serving v0003 (was v0002); recorded for ops\n"
+    out = capsys.readouterr().out  # through the API, the token acted; "ops" is its claim
+    assert out == "serving v0003 (was v0002); recorded for admin-token (says 'ops')\n"
     assert main(["rollback", "--json", *url]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert (entry["from"], entry["to"], entry["action"]) == ("v0003", "v0002", "rollback")
