@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters_store.audit import AuditEntry
@@ -108,13 +108,24 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 def print_versions(
-    listed: Sequence[Listed], serving: str | None, *, as_json: bool, where: str
+    listed: Sequence[Listed],
+    serving: str | None,
+    *,
+    as_json: bool,
+    where: str,
+    quarantined: Mapping[str, str] | None = None,
 ) -> int:
-    """`janus versions`: a table, or JSON (each manifest plus `serving`); 1 if one does not load."""
+    """`janus versions`: a table, or JSON (each manifest plus `serving` and `quarantined`, the
+    reason or null); 1 if one does not load."""
+    quarantined = quarantined or {}
     if as_json:
         print_json(
             [
-                {**m.model_dump(mode="json"), "serving": vid == serving}
+                {
+                    **m.model_dump(mode="json"),
+                    "serving": vid == serving,
+                    "quarantined": quarantined.get(vid),
+                }
                 if isinstance(m, Manifest)
                 else {"id": vid, "error": m, "serving": vid == serving}
                 for vid, m in listed
@@ -125,7 +136,11 @@ def print_versions(
     else:
         rows = [["ID", "PARENT", "CREATED", "CLASSES ADDED", "ACCURACY", "SERVING"]]
         for vid, m in listed:
-            mark = "*" if vid == serving else ""
+            mark = " ".join(
+                word
+                for word, on in (("*", vid == serving), ("quarantined", vid in quarantined))
+                if on
+            )
             if not isinstance(m, Manifest):
                 rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", mark])
                 continue
@@ -225,6 +240,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     activate = add_command(subparsers, "activate", "serve a version (moves a pointer)")
     activate.add_argument("id", help="version id, e.g. v0003")
+    activate.add_argument(
+        "--force",
+        action="store_true",
+        help="serve a quarantined version anyway (and clear its quarantine)",
+    )
     _who(activate)
     _store_option(activate)
     json_option(activate, "print the audit entry as JSON")
@@ -292,7 +312,13 @@ def _versions(args: argparse.Namespace, store: VersionStore) -> int:
             listed.append((version_id, store.get(version_id)))
         except StoreError as err:
             listed.append((version_id, str(err)))
-    return print_versions(listed, store.serving(), as_json=wants_json(args), where=store.uri)
+    return print_versions(
+        listed,
+        store.serving(),
+        as_json=wants_json(args),
+        where=store.uri,
+        quarantined=store.quarantined(),
+    )
 
 
 def _show(args: argparse.Namespace, store: VersionStore) -> int:
@@ -303,7 +329,7 @@ def _show(args: argparse.Namespace, store: VersionStore) -> int:
 
 
 def _activate(args: argparse.Namespace, store: VersionStore) -> int:
-    entry = store.activate(args.id, actor=args.actor, reason=args.reason)
+    entry = store.activate(args.id, actor=args.actor, reason=args.reason, force=args.force)
     print_entry(entry, as_json=wants_json(args))
     return 0
 

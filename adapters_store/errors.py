@@ -50,5 +50,9 @@ class NothingToRollBack(StoreError):
     """The audit log names no earlier serving version."""
 
 
+class Quarantined(StoreError):
+    """A version that failed to load is set aside; serving it needs `--force`."""
+
+
 class StoreBusy(StoreError):
     """Another live process holds a lock or an idempotency key for too long."""

@@ -9,6 +9,8 @@ Layout under the root (local folder, `file://`, `s3://bucket/prefix`, `memory://
     log/serving.jsonl            append-only audit of serving changes
     ids/<id>                     id reservations (who publishes it); ids are never reused
     keys/<key>                   idempotency key -> version id
+    quarantine/<id>              a version set aside because it failed to load, and why
+    loading/<id>/<token>         a service process loading that version (its owner), while it does
     staging/<id>-<token>/        local disk only: versions being written
     locks/                       short metadata locks (`publish`, `serving`)
 
@@ -44,7 +46,7 @@ from pydantic import TypeAdapter, ValidationError
 from adapters_store import paths
 from adapters_store._backend import VERSIONS, Backend, LocalBackend, ObjectBackend
 from adapters_store._crash import crash_point
-from adapters_store._owner import Owner
+from adapters_store._owner import Owner, parse
 from adapters_store._pointer import ServingPointer
 from adapters_store._reservation import Reservations
 from adapters_store.audit import AuditEntry, Reason
@@ -53,6 +55,7 @@ from adapters_store.errors import (
     InvalidManifest,
     InvalidName,
     NotFound,
+    Quarantined,
     StoreBusy,
     StoreError,
     StoreNotFound,
@@ -73,6 +76,10 @@ MARKER = "store.json"
 _LAYOUT = {"layout": "janus-version-store", "schema_version": 1}
 _ACTOR: TypeAdapter[str] = TypeAdapter(Text)
 _REASON: TypeAdapter[str] = TypeAdapter(Reason)
+
+
+QUARANTINE = "quarantine"
+LOADING = "loading"
 
 
 def default_actor() -> str:
@@ -284,15 +291,32 @@ class VersionStore:
         return self._pointer.current()
 
     def activate(
-        self, version_id: str, *, actor: str | None = None, reason: str = ""
+        self,
+        version_id: str,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        force: bool = False,
     ) -> AuditEntry:
-        """Makes a (verified) version the serving one; moves the pointer, copies nothing."""
+        """Makes a (verified) version the serving one; moves the pointer, copies nothing.
+
+        A quarantined version is refused unless `force`, which also clears its quarantine.
+        """
         actor, reason = self._check_actor(actor, reason)
         self.verify_version(paths.check_version_id(version_id))
-        return self._pointer.move(version_id, "activate", actor, reason)
+        self._check_quarantine(version_id, force)
+        entry = self._pointer.move(version_id, "activate", actor, reason)
+        if force:
+            self.release(version_id)
+        return entry
 
     def rollback(
-        self, to: str | None = None, *, actor: str | None = None, reason: str = ""
+        self,
+        to: str | None = None,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        force: bool = False,
     ) -> AuditEntry:
         """Serves `to`, or else the version that served before the current one.
 
@@ -302,7 +326,74 @@ class VersionStore:
         actor, reason = self._check_actor(actor, reason)
         target = self._pointer.previous() if to is None else paths.check_version_id(to)
         self.verify_version(target)
-        return self._pointer.move(target, "rollback", actor, reason)
+        self._check_quarantine(target, force)
+        entry = self._pointer.move(target, "rollback", actor, reason)
+        if force:
+            self.release(target)
+        return entry
+
+    # -- quarantine and loads --------------------------------------------------------------
+
+    def quarantine(self, version_id: str, reason: str) -> None:
+        """Sets a version aside: it failed to load (corrupt, unloadable, or its load ended the
+        processes that tried). Services skip it when they fall back; `activate --force` clears."""
+        record = {
+            "reason": reason[:2000],
+            "time": datetime.now(UTC).isoformat(),
+            "host": socket.gethostname(),
+        }
+        path = paths.rel(QUARANTINE, paths.check_version_id(version_id))
+        self._backend.write(path, json.dumps(record).encode())
+
+    def quarantined(self) -> dict[str, str]:
+        """Quarantined version ids and why."""
+        out = {}
+        for name in self._backend.listdir(QUARANTINE):
+            if paths.VERSION_ID.fullmatch(name):
+                try:
+                    out[name] = str(
+                        json.loads(self._backend.read(paths.rel(QUARANTINE, name)))["reason"]
+                    )
+                except (FileNotFoundError, ValueError, KeyError, TypeError):
+                    out[name] = "unreadable quarantine record"
+        return out
+
+    def release(self, version_id: str) -> None:
+        """Clears a version's quarantine (no error if it has none)."""
+        self._backend.delete(paths.rel(QUARANTINE, paths.check_version_id(version_id)))
+
+    def _check_quarantine(self, version_id: str, force: bool) -> None:
+        reason = self.quarantined().get(version_id)
+        if reason is not None and not force:
+            raise Quarantined(
+                f"{version_id} is quarantined: {reason}; serve another version, or this one "
+                f"anyway with `janus activate {version_id} --force`"
+            )
+
+    def begin_load(self, version_id: str) -> str:
+        """Records that this process starts loading a version; returns the record's token."""
+        owner = Owner.me()
+        path = paths.rel(LOADING, paths.check_version_id(version_id), owner.token)
+        self._backend.write(path, owner.model_dump_json().encode())
+        return owner.token
+
+    def end_load(self, version_id: str, token: str) -> None:
+        """The load that `begin_load` recorded ended, well or not (its process lives on)."""
+        self._backend.delete(paths.rel(LOADING, paths.check_version_id(version_id), token))
+
+    def crashed_loads(self, version_id: str) -> int:
+        """Loads of a version whose process died while loading (their records remain, owner
+        gone: same process space and pid dead, or older than `settings.stale_after_s`)."""
+        version_id = paths.check_version_id(version_id)
+        crashed = 0
+        for name in self._backend.listdir(paths.rel(LOADING, version_id)):
+            try:
+                owner = parse(Owner, self._backend.read(paths.rel(LOADING, version_id, name)))
+            except FileNotFoundError:
+                continue
+            if owner is None or not owner.alive(self.settings.stale_after_s):
+                crashed += 1
+        return crashed
 
     def activate_unless_served(
         self, version_id: str, *, actor: str | None = None, reason: str = ""

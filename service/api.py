@@ -32,7 +32,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from adapters_store import NotFound, NothingToRollBack, StoreError
+from adapters_store import NotFound, NothingToRollBack, Quarantined, StoreError
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64, decode_images, open_images
@@ -66,6 +66,10 @@ class ChangeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: str | None = Field(None, max_length=200)
     reason: str = Field("", max_length=2000)
+
+
+class ActivateBody(ChangeBody):
+    force: bool = Field(False, description="serve a quarantined version (clears its quarantine)")
 
 
 class RollbackBody(ChangeBody):
@@ -229,7 +233,7 @@ def create_api(get_serving: GetServing) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        code = 409 if isinstance(exc, NothingToRollBack) else 400
+        code = 409 if isinstance(exc, NothingToRollBack | Quarantined) else 400
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(NoQueue)
@@ -378,9 +382,13 @@ def _admin_router(Svc: Any) -> APIRouter:
     @router.get("/versions")
     def versions(serving: Svc) -> list[dict[str, Any]]:
         """Every published version, oldest first, with which one serves."""
-        current = serving.store.serving()
+        current, quarantined = serving.store.serving(), serving.store.quarantined()
         return [
-            {**m.model_dump(mode="json"), "serving": m.id == current}
+            {
+                **m.model_dump(mode="json"),
+                "serving": m.id == current,
+                "quarantined": quarantined.get(m.id),
+            }
             for m in serving.store.versions()
         ]
 
@@ -395,10 +403,12 @@ def _admin_router(Svc: Any) -> APIRouter:
         }
 
     @router.post("/versions/{version_id}/activate")
-    def activate(version_id: str, serving: Svc, body: ChangeBody | None = None) -> dict[str, Any]:
+    def activate(version_id: str, serving: Svc, body: ActivateBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
-        b = body or ChangeBody()
-        entry = serving.store.activate(version_id, actor=_actor(b.actor), reason=b.reason)
+        b = body or ActivateBody()
+        entry = serving.store.activate(
+            version_id, actor=_actor(b.actor), reason=b.reason, force=b.force
+        )
         _announce(serving, entry.to, entry.from_)
         return entry.model_dump(mode="json", by_alias=True)
 

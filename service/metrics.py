@@ -24,6 +24,7 @@ class ServiceMetrics:
     swap_seconds: Any  # Histogram
     swap_failures: Any  # Counter(version)
     serving: Any  # Gauge(version, engine): 1 for the version this worker serves, and on what
+    fallback: Any  # Gauge(version): 1 while this worker serves another version in its place
 
     def set_serving(self, now: tuple[str, str], previous: tuple[str, str] | None) -> None:
         """`now`, `previous`: (version, engine), e.g. ("v3", "onnxruntime:CPUExecutionProvider")."""
@@ -65,6 +66,13 @@ def service_metrics() -> ServiceMetrics:
             "janus_swap_failures",
             "versions that failed to load (the old one kept serving)",
             ["version"],
+        ),
+        fallback=Gauge(
+            "janus_serving_fallback",
+            "1 while this worker process serves an earlier version in place of this one, which "
+            "does not load",
+            ["version"],
+            multiprocess_mode="liveall",
         ),
         serving=Gauge(
             "janus_serving_version",

@@ -120,15 +120,23 @@ def _versions(args: argparse.Namespace) -> int:
         return 0
     answer = _call(args, "GET", "/admin/versions")  # manifests, each with `serving`
     listed: list[Listed] = [
-        (item["id"], Manifest.model_validate({k: v for k, v in item.items() if k != "serving"}))
+        (
+            item["id"],
+            Manifest.model_validate(
+                {k: v for k, v in item.items() if k not in ("serving", "quarantined")}
+            ),
+        )
         for item in answer
     ]
     serving = next((item["id"] for item in answer if item["serving"]), None)
-    return print_versions(listed, serving, as_json=wants_json(args), where=args.url)
+    quarantined = {item["id"]: item["quarantined"] for item in answer if item.get("quarantined")}
+    return print_versions(
+        listed, serving, as_json=wants_json(args), where=args.url, quarantined=quarantined
+    )
 
 
 def _activate(args: argparse.Namespace) -> int:
-    body = {"actor": args.actor, "reason": args.reason}
+    body = {"actor": args.actor, "reason": args.reason, "force": args.force}
     answer = _call(args, "POST", f"/admin/versions/{args.id}/activate", json=body)
     print_entry(AuditEntry.model_validate(answer), as_json=wants_json(args))
     return 0

@@ -6,6 +6,15 @@ loaded, verified and warmed off the request path, then published by replacing on
 requests hold the reference they started with, so none fails or mixes versions. A version that
 fails to load is remembered (readiness detail, metrics) and retried after `retry_failed_s`, while
 the old one keeps serving.
+
+A worker with nothing to serve (it just started) whose serving version does not load falls back:
+it serves the most recent version that served before and loads (`readiness()["fallback_for"]`
+names the version it stands in for, the `janus_serving_fallback` gauge too), and keeps trying the
+pointer. A version that fails for a reason that will not pass (a digest mismatch, a model that
+does not parse) is quarantined in the store, so every worker skips it; so is a version whose load
+ended two worker processes (each load is recorded in the store while it runs, and a record whose
+process died is a crashed load), so a load that kills its process cannot become a restart loop.
+`janus activate ID --force` serves a quarantined version anyway and clears its quarantine.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Any
 
 import redis
 
-from adapters_store import StoreError, VersionStore
+from adapters_store import StoreBusy, StoreError, VersionStore
 from learner.jobs.client import SERVING_CHANNEL
 from service.metrics import ServiceMetrics
 from service.runtime import LoadedModel
@@ -29,6 +38,11 @@ from service.runtime import LoadedModel
 log = logging.getLogger("janus.swap")
 
 Loader = Callable[[str], LoadedModel]
+
+CRASHED_LOADS = 2
+"""Loads of one version that ended their process before the version is quarantined."""
+TRANSIENT = (OSError, StoreBusy, TimeoutError)
+"""Load failures that may pass by themselves: retried, never quarantined."""
 
 
 @dataclass
@@ -43,6 +57,7 @@ class SwapState:
     retry_at: float = 0.0
     swaps: int = 0
     last_swap_s: float | None = None
+    fallback_for: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +94,7 @@ class HotSwapper:
             "version": s.model.version if s.model else None,
             "engine": s.model.engine if s.model else None,
             "serving_pointer": s.target,
+            "fallback_for": s.fallback_for,
             "failed_version": s.failed_version,
             "last_error": s.last_error,
             "swaps": s.swaps,
@@ -114,20 +130,81 @@ class HotSwapper:
     def _swap(self, target: str, loaded: str | None) -> None:
         start = time.monotonic()
         try:
-            model = self.loader(target)
+            model = self._load(target)
         except Exception as err:  # any failure keeps the old version serving
             self.state.failed_version, self.state.last_error = target, f"{target}: {err}"
             self.state.retry_at = time.monotonic() + self.retry_failed_s
             self.metrics.swap_failures.labels(version=target).inc()
             log.warning("could not load version %s (still serving %s): %s", target, loaded, err)
+            if self.state.model is None:
+                self._fall_back(target)
             return
-        elapsed = time.monotonic() - start
+        self._install(target, model, time.monotonic() - start)
+
+    def _load(self, version: str) -> LoadedModel:
+        """Loads a version unless it is quarantined, recording the load in the store while it
+        runs; quarantines it when the failure will not pass, or when its loads killed
+        `CRASHED_LOADS` processes."""
+        reason = self.store.quarantined().get(version)
+        if reason is not None:
+            raise RuntimeError(f"quarantined: {reason}")
+        crashed = self.store.crashed_loads(version)
+        if crashed >= CRASHED_LOADS:
+            reason = f"its load ended {crashed} service worker processes"
+            self.store.quarantine(version, reason)
+            raise RuntimeError(f"quarantined: {reason}")
+        token = self.store.begin_load(version)
+        try:
+            return self.loader(version)
+        except TRANSIENT:
+            raise
+        except Exception as err:
+            with contextlib.suppress(StoreError, OSError):
+                self.store.quarantine(version, f"it does not load: {err}")
+            raise
+        finally:
+            with contextlib.suppress(StoreError, OSError):
+                self.store.end_load(version, token)
+
+    def _fall_back(self, target: str) -> None:
+        """Nothing serves and `target` does not load: serve the most recent version that served
+        before it (the audit log, newest first) and loads."""
+        try:
+            history = self.store.history()
+        except (StoreError, OSError):
+            return
+        seen = {target}
+        for entry in reversed(history):
+            for candidate in (entry.to, entry.from_):
+                if candidate is None or candidate in seen:
+                    continue
+                seen.add(candidate)
+                start = time.monotonic()
+                try:
+                    model = self._load(candidate)
+                except Exception as err:
+                    log.warning("fallback %s does not load either: %s", candidate, err)
+                    continue
+                self._install(candidate, model, time.monotonic() - start, fallback_for=target)
+                return
+
+    def _install(
+        self, target: str, model: LoadedModel, elapsed: float, fallback_for: str | None = None
+    ) -> None:
+        """The swap itself: one reference, then the bookkeeping."""
+        loaded = self.state.model.version if self.state.model else None
         previous = self.state.model
         self.state.model = model  # the swap: one reference
         self.state.loaded_at = time.time()
+        if self.state.fallback_for is not None:
+            self.metrics.fallback.labels(version=self.state.fallback_for).set(0)
+        self.state.fallback_for = fallback_for
+        if fallback_for is not None:
+            self.metrics.fallback.labels(version=fallback_for).set(1)
+            log.warning("serving %s in place of %s, which does not load", target, fallback_for)
         self.state.swaps += 1
         self.state.last_swap_s = elapsed
-        if self.state.failed_version == target or self.state.failed_version is None:
+        if fallback_for is None and self.state.failed_version in (target, None):
             self.state.failed_version, self.state.last_error = None, None
         self.metrics.swaps.labels(version=target).inc()
         self.metrics.swap_seconds.observe(elapsed)

@@ -414,3 +414,36 @@ def test_cli_through_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> No
 
 def _png_file(stack: Stack, folder: Path) -> Path:
     return next((folder / "digit4").glob("*.png"))
+
+
+def test_a_corrupt_serving_version_and_a_restart_fall_back_to_the_previous_one(
+    stack: Stack,
+) -> None:
+    """The serving version's ONNX file is damaged on disk and the service restarted: every
+    worker serves the version that served before it, and the damaged one is quarantined."""
+    from adapters_store import open_store
+
+    store = open_store(stack.jobs.settings.store_uri)
+    current = store.serving()
+    assert current is not None
+    history = [v for e in reversed(store.history()) for v in (e.to, e.from_)]
+    previous = next(v for v in history if v is not None and v != current)
+    model = Path(stack.jobs.settings.store_uri) / "versions" / current / "model.onnx"
+    good = model.read_bytes()
+    model.write_bytes(good[: len(good) // 2])
+    try:
+        stack.server.stop()
+        restarted = time.time()
+        stack.server = start_server(stack.jobs.env, stack.jobs.root / "bentoml-2.log", ADMIN)
+        stack.server.wait_live()
+        seconds = stack.server.wait_all_serving(previous) - restarted
+        detail = stack.server.get("/readyz", headers=stack.server.admin).json()
+        print(
+            f"\ncorrupt serving version {current}, service restarted: every worker serves "
+            f"{previous} after {seconds:.1f} s (process start included)"
+        )
+        assert detail["fallback_for"] == current and current in store.quarantined()
+    finally:
+        model.write_bytes(good)
+    store.activate(current, actor="test", reason="repaired", force=True)
+    stack.server.wait_all_serving(current, timeout=60)

@@ -1,5 +1,7 @@
 """Hot swap in one process: pointer moves are followed, torch serves a version without ONNX,
-and a version that fails to load leaves the old one serving (visible in readiness)."""
+a version that fails to load leaves the old one serving (visible in readiness), and a fresh
+worker whose serving version does not load falls back to the previous one, with the bad version
+quarantined (also when its loads kill their processes)."""
 
 from __future__ import annotations
 
@@ -82,3 +84,68 @@ def test_batcher_never_mixes_versions() -> None:
         assert out[0, 0] == i + (0.0 if i % 2 else 100.0)
     assert sum(n for _, n in calls) == 10
     assert len(calls) < 10  # batched
+
+
+def _fallback_figure(a) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("janus_serving_fallback", {"version": "v0002"})
+
+
+def test_a_fresh_worker_falls_back_when_the_serving_version_does_not_load(
+    version_store: Path, tmp_path: Path, digits
+) -> None:
+    from adapters_store import Quarantined
+
+    root = _copy(version_store, tmp_path)
+    model = root / "versions" / "v0002" / "model.onnx"
+    good = model.read_bytes()
+    model.write_bytes(b"damaged")  # the serving version, corrupt on disk
+    a = make_api(root, retry_failed_s=0.01)  # a worker starting now
+    detail = a.serving.swapper.readiness()
+    assert detail["version"] == "v0001" and detail["fallback_for"] == "v0002"  # served before
+    assert "integrity" in a.store.quarantined()["v0002"]
+    assert _fallback_figure(a) == 1
+    image = np.zeros((8, 8), np.uint8)
+    from tests.service.conftest import png
+
+    r = a.client.post("/classify", files=[("images", ("a.png", png(image)))])
+    assert r.status_code == 200 and r.json()["version"] == "v0001"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    listed = a.client.get("/admin/versions", headers=admin).json()
+    assert [v["quarantined"] is not None for v in listed] == [False, True, False]
+    model.write_bytes(good)  # repaired: still quarantined until served on purpose
+    try:
+        a.store.activate("v0002", actor="test")
+        raise AssertionError("a quarantined version was activated without --force")
+    except Quarantined as err:
+        assert "--force" in str(err)
+    r = a.client.post("/admin/versions/v0002/activate", headers=admin, json={"force": True})
+    assert r.status_code == 200, r.text
+    assert a.store.quarantined() == {}
+    a.serving.swapper.check()
+    detail = a.serving.swapper.readiness()
+    assert detail["version"] == "v0002" and detail["fallback_for"] is None
+    assert _fallback_figure(a) == 0
+    a.serving.stop()
+
+
+def test_a_version_whose_loads_end_their_process_is_quarantined_not_retried(
+    version_store: Path, tmp_path: Path
+) -> None:
+    """Two processes began loading v0002 and died before they ended (as a load that kills its
+    process would): a fresh worker quarantines it without loading it and falls back."""
+    import subprocess
+    import sys
+
+    root = _copy(version_store, tmp_path)
+    begin = (
+        "import sys; from adapters_store import open_store; "
+        "open_store(sys.argv[1]).begin_load('v0002')"  # then the process ends, load unfinished
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", begin, str(root)], check=True, timeout=60)
+    a = make_api(root)
+    assert a.serving.swapper.readiness()["version"] == "v0001"
+    assert a.store.quarantined()["v0002"] == "its load ended 2 service worker processes"
+    a.serving.stop()
