@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step memory-check gpu-check clean
+.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step chaos memory-check gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-quick: setup data
 
 bench-step: setup data  ## step time of janus and baselines over seq-lora, interleaved (about 10 min)
 	$(VENV)/bin/janus bench step --full --rounds 5 --threads 1 --methods janus,abl-oe-gr,inflora,lora-gpm --out runs/bench-step
+
+chaos: setup  ## the chaos tier alone (also part of make test): attacks and faults against real processes, figures printed
+	$(PY) -m pytest -m chaos -s -p no:cacheprovider
 
 memory-check: setup  ## peak memory of a learn job streaming 5,000 and 20,000 JPEGs (about 25 min on 2 cores)
 	$(PY) scripts/memory_check.py --images 5000 20000

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters_store.audit import AuditEntry
-from adapters_store.errors import StoreError
+from adapters_store.errors import Quarantined, StoreError
 from adapters_store.manifest import Manifest
 from adapters_store.settings import default_store_uri
 from adapters_store.store import VersionStore, open_store
@@ -225,8 +225,16 @@ def _who(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="why, recorded in the audit log")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Adds the store's subcommands to the `janus` parser."""
+LoadCheck = Callable[[str, str], "str | None"]
+"""(store uri, version) → why the version does not load, or None (`service.runtime`)."""
+
+
+def register(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    check_load: LoadCheck | None = None,
+) -> None:
+    """Adds the store's subcommands to the `janus` parser; `check_load` test-loads a version
+    before `activate` moves the pointer (the store knows no model code, the caller does)."""
     versions = add_command(subparsers, "versions", "list versions (`versions show ID`: one)")
     _store_option(versions)
     json_option(versions)
@@ -248,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _who(activate)
     _store_option(activate)
     json_option(activate, "print the audit entry as JSON")
-    activate.set_defaults(func=_guard(_activate))
+    activate.set_defaults(func=_guard(_activate), check_load=check_load)
 
     rollback = add_command(
         subparsers, "rollback", "serve the previously serving version, or --to ID"
@@ -329,6 +337,16 @@ def _show(args: argparse.Namespace, store: VersionStore) -> int:
 
 
 def _activate(args: argparse.Namespace, store: VersionStore) -> int:
+    check = getattr(args, "check_load", None)
+    if check is not None and not args.force and not store.uri.startswith("memory://"):
+        store.get(args.id)  # a missing version: its own error first
+        problem = check(store.uri, args.id)
+        if problem is not None:
+            store.quarantine(args.id, problem)
+            raise Quarantined(
+                f"{problem}; it is quarantined and nothing changed (`janus activate "
+                f"{args.id} --force` serves it anyway)"
+            )
     entry = store.activate(args.id, actor=args.actor, reason=args.reason, force=args.force)
     print_entry(entry, as_json=wants_json(args))
     return 0

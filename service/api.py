@@ -36,6 +36,7 @@ from adapters_store import NotFound, NothingToRollBack, Quarantined, StoreError
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64, decode_images, open_images
+from service.runtime import check_in_child
 
 GetServing = Callable[[], Serving]
 
@@ -406,6 +407,15 @@ def _admin_router(Svc: Any) -> APIRouter:
     def activate(version_id: str, serving: Svc, body: ActivateBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
         b = body or ActivateBody()
+        if not b.force:  # test-load it in a child process first
+            problem = check_in_child(serving.jobs.store_uri, version_id, serving.settings.engine)
+            if problem is not None:
+                serving.store.quarantine(version_id, problem)
+                raise HTTPException(
+                    409,
+                    f"{problem}; it is quarantined, nothing changed (activate with force to "
+                    "serve it anyway)",
+                )
         entry = serving.store.activate(
             version_id, actor=_actor(b.actor), reason=b.reason, force=b.force
         )

@@ -261,6 +261,14 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_load(store_uri: str, version: str) -> str | None:
+    """`janus activate`'s test load, in a child process (`service.runtime.check_in_child`)."""
+    from service.config import ServiceSettings
+    from service.runtime import check_in_child
+
+    return check_in_child(store_uri, version, ServiceSettings.from_env().engine)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="janus",
@@ -390,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from adapters_store.cli import register as register_store
 
-    register_store(sub)
+    register_store(sub, check_load=_check_load)
     from learner.jobs.cli import register as register_jobs
 
     register_jobs(sub)

@@ -9,6 +9,8 @@ known to answer.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -130,3 +132,37 @@ def load_version(
     if out.shape != (2, len(model.class_names)) or not np.isfinite(out).all():
         raise ValueError(f"version {version}: warm-up gave logits of shape {out.shape}")
     return model
+
+
+def check_in_child(store_uri: str, version: str, engine: Engine = "auto") -> str | None:
+    """Loads a version as a serving worker would, in a child process (a load that crashes or
+    exhausts memory ends only the child); None if it serves, else why not (one line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.runtime", store_uri, version, engine],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    if done.returncode < 0 or not lines:
+        return f"the process loading it ended with code {done.returncode}"
+    return lines[-1]
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m service.runtime STORE VERSION ENGINE`: exit 0 if the version loads."""
+    from adapters_store import open_store
+
+    uri, version, engine = argv
+    try:
+        load_version(open_store(uri, clean=False), version, engine=engine)  # type: ignore[arg-type]
+    except Exception as err:
+        print(f"{version} does not load: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -64,6 +64,7 @@ def test_killed_worker_job_is_redelivered_and_published_once(
     assert int(redis_client(kill_env.app).get(attempts_key(job_id)) or 0) == 2
 
 
+@pytest.mark.chaos
 @pytest.mark.timeout(600)
 def test_a_whole_worker_killed_with_default_timings_has_its_job_rerun_within_minutes(
     tmp_path: Path, digits: LabeledBatch

@@ -254,3 +254,42 @@ def test_learn_without_redis_is_503(api: Api) -> None:
     r = api.client.post("/admin/learn", json={"dataset": "/nowhere"}, headers=ok)
     assert r.status_code == 503
     assert "JANUS_REDIS_URL" in r.json()["detail"]
+
+
+def test_activate_test_loads_in_a_child_and_refuses_a_version_that_does_not_load(
+    version_store, tmp_path, digits: LabeledBatch, capsys
+) -> None:
+    """A version whose files match their digests but whose model does not parse: `activate`
+    (API and CLI) loads it in a child process first, refuses it with the reason and quarantines
+    it; the pointer does not move."""
+    import shutil
+
+    from adapters_store import open_store
+    from learner.config import LoRAConfig, TrainConfig
+    from learner.jobs.versioning import load_state, publish_state
+    from learner.train import learn_task
+    from service.cli import main
+
+    root = tmp_path / "store"
+    shutil.copytree(version_store, root)
+    store = open_store(root)
+    cfg = TrainConfig(epochs=1, design_samples=32, lora=LoRAConfig(rank=4))
+    result = learn_task(load_state(store, "v0001"), digits.select_classes(["digit7"]), cfg)
+    bad = publish_state(
+        store, result.state, cfg, parent="v0001", data_digest="sha256:bad",
+        metrics=result.metrics, onnx=b"this is not an ONNX model",
+    )  # fmt: skip
+    assert main(["activate", bad.id, "--store", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad.id} does not load" in err and "--force" in err
+    assert store.serving() == "v0002" and bad.id in store.quarantined()
+    store.release(bad.id)
+    a = make_api(root)
+    with a.client:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        r = a.client.post(f"/admin/versions/{bad.id}/activate", headers=admin, json={})
+        assert r.status_code == 409 and "does not load" in r.json()["detail"]
+        assert store.serving() == "v0002" and bad.id in store.quarantined()
+        r = a.client.post("/admin/versions/v0001/activate", headers=admin, json={})
+        assert r.status_code == 200, r.text  # a good version passes the test load
+    a.serving.stop()

@@ -175,6 +175,24 @@ def _raw_request(server: Server, head: bytes) -> tuple[bytes, float]:
         return answer, time.perf_counter() - start
 
 
+def _ensure_two_versions(stack: Stack) -> None:
+    """Two versions, the second serving (what the module's first test leaves), so that a chaos
+    test also runs alone (`make chaos`)."""
+    server = stack.server
+    have = len(server.get("/admin/versions", headers=server.admin).json())
+    for i in range(have, 2):
+        classes = [f"digit{4 + 2 * i}", f"digit{5 + 2 * i}"]
+        folder = stack.jobs.dataset(stack.digits, f"chaos{i}", classes)
+        r = server.post(
+            "/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin
+        )
+        assert r.status_code == 202, r.text
+        job = _wait_job(server, r.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        server.wait_all_serving(job["version"])
+
+
+@pytest.mark.chaos
 def test_an_unauthenticated_admin_request_is_refused_before_its_body(stack: Stack) -> None:
     """The heads announce 512 MiB, or a chunked body, and no body follows: the answers must come
     at once, from the heads alone."""
@@ -210,11 +228,13 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+@pytest.mark.chaos
 def test_decode_budget_attacks_leave_memory_and_latency_bounded(stack: Stack) -> None:
     """8 clients send requests that fill the decode budget (two 4.9 KB PNGs of 6300 × 6300
     1-bit pixels each, 79 M pixels to decode) while one client classifies normal images."""
     from PIL import Image
 
+    _ensure_two_versions(stack)
     server = stack.server
     buf = io.BytesIO()
     Image.new("1", (6300, 6300)).save(buf, format="PNG")
@@ -416,6 +436,7 @@ def _png_file(stack: Stack, folder: Path) -> Path:
     return next((folder / "digit4").glob("*.png"))
 
 
+@pytest.mark.chaos
 def test_a_corrupt_serving_version_and_a_restart_fall_back_to_the_previous_one(
     stack: Stack,
 ) -> None:
@@ -423,6 +444,7 @@ def test_a_corrupt_serving_version_and_a_restart_fall_back_to_the_previous_one(
     worker serves the version that served before it, and the damaged one is quarantined."""
     from adapters_store import open_store
 
+    _ensure_two_versions(stack)
     store = open_store(stack.jobs.settings.store_uri)
     current = store.serving()
     assert current is not None
