@@ -381,18 +381,22 @@ class VersionStore:
         """The load that `begin_load` recorded ended, well or not (its process lives on)."""
         self._backend.delete(paths.rel(LOADING, paths.check_version_id(version_id), token))
 
-    def crashed_loads(self, version_id: str) -> int:
+    def crashed_loads(self, version_id: str, *, forget: bool = False) -> int:
         """Loads of a version whose process died while loading (their records remain, owner
-        gone: same process space and pid dead, or older than `settings.stale_after_s`)."""
+        gone: same process space and pid dead, or older than `settings.stale_after_s`);
+        `forget` removes those records (the version has since loaded: they were not its fault)."""
         version_id = paths.check_version_id(version_id)
         crashed = 0
         for name in self._backend.listdir(paths.rel(LOADING, version_id)):
+            path = paths.rel(LOADING, version_id, name)
             try:
-                owner = parse(Owner, self._backend.read(paths.rel(LOADING, version_id, name)))
+                owner = parse(Owner, self._backend.read(path))
             except FileNotFoundError:
                 continue
             if owner is None or not owner.alive(self.settings.stale_after_s):
                 crashed += 1
+                if forget:
+                    self._backend.delete(path)
         return crashed
 
     def activate_unless_served(

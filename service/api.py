@@ -14,6 +14,7 @@ Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
 `$JANUS_CLASSIFY_TOKEN` (or the admin token) when that is set. Missing token → 401, wrong → 403.
 """
 
+import hashlib
 import json
 import secrets
 import tempfile
@@ -457,9 +458,12 @@ async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, 
     if not isinstance(fields, dict):
         raise HTTPException(422, "field `request` must be a JSON object of LearnRequest fields")
     with tempfile.TemporaryDirectory(prefix="janus-upload-") as tmp:
-        path = Path(tmp) / "dataset"
-        with open(path, "wb") as out:
+        path, digest = Path(tmp) / "dataset", hashlib.sha256()
+        with open(path, "wb") as out:  # to disk a chunk at a time, hashed on the way
             while chunk := await upload.read(1 << 20):
+                digest.update(chunk)
                 out.write(chunk)
-        ref = await run_in_threadpool(stage_dataset, path, serving.jobs.store_uri)
+        ref = await run_in_threadpool(
+            stage_dataset, path, serving.jobs.store_uri, digest=digest.hexdigest()
+        )
     return fields, ref

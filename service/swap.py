@@ -155,7 +155,12 @@ class HotSwapper:
             raise RuntimeError(f"quarantined: {reason}")
         token = self.store.begin_load(version)
         try:
-            return self.loader(version)
+            model = self.loader(version)
+            with contextlib.suppress(StoreError, OSError):
+                self.store.crashed_loads(
+                    version, forget=True
+                )  # it loads: earlier deaths were not its
+            return model
         except TRANSIENT:
             raise
         except Exception as err:

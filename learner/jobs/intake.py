@@ -62,11 +62,14 @@ def _archive_suffix(head: bytes, data_path: Path) -> str:
     )
 
 
-def stage_dataset(path: str | os.PathLike[str], store_uri: str) -> str:
+def stage_dataset(
+    path: str | os.PathLike[str], store_uri: str, *, digest: str | None = None
+) -> str:
     """Copies a folder (packed as tar) or an archive into the store; returns `datasets/<sha>`.
 
     Streamed: a folder is packed into a temporary file, the digest is computed a chunk at a time
-    and the file is copied into the store from disk, so memory does not follow its size.
+    (or given: an upload hashed while it was received) and the file is copied into the store
+    from disk, so memory does not follow its size.
     """
     src = Path(path)
     with tempfile.TemporaryDirectory(prefix="janus-stage-") as tmp:
@@ -79,11 +82,12 @@ def stage_dataset(path: str | os.PathLike[str], store_uri: str) -> str:
             raise DataError(
                 f"{src}: no such file or folder; pass a class-folder tree or an archive"
             )
-        h = hashlib.sha256()
-        with open(archive, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-        digest = h.hexdigest()
+        if digest is None:
+            h = hashlib.sha256()
+            with open(archive, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    h.update(chunk)
+            digest = h.hexdigest()
         fs, root = _store_fs(store_uri)
         target = f"{root}/datasets/{digest}"
         if not fs.exists(target):

@@ -149,3 +149,23 @@ def test_a_version_whose_loads_end_their_process_is_quarantined_not_retried(
     assert a.serving.swapper.readiness()["version"] == "v0001"
     assert a.store.quarantined()["v0002"] == "its load ended 2 service worker processes"
     a.serving.stop()
+
+
+def test_a_version_that_loads_forgets_the_deaths_recorded_against_it(
+    version_store: Path, tmp_path: Path
+) -> None:
+    """One process died while loading v0002 (for any reason); the next load succeeds, so the
+    record is dropped and cannot add up with a later, unrelated death."""
+    import subprocess
+    import sys
+
+    root = _copy(version_store, tmp_path)
+    begin = (
+        "import sys; from adapters_store import open_store; "
+        "open_store(sys.argv[1]).begin_load('v0002')"
+    )
+    subprocess.run([sys.executable, "-c", begin, str(root)], check=True, timeout=60)
+    a = make_api(root)
+    assert a.store.crashed_loads("v0002") == 0 and a.store.quarantined() == {}
+    assert a.serving.swapper.readiness()["version"] == "v0002"
+    a.serving.stop()
