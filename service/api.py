@@ -408,6 +408,7 @@ def _admin_router(Svc: Any) -> APIRouter:
     def activate(version_id: str, serving: Svc, body: ActivateBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
         b = body or ActivateBody()
+        serving.store.get(version_id)  # an unknown id: 404, before anything else
         if not b.force:  # test-load it in a child process first
             problem = check_in_child(serving.jobs.store_uri, version_id, serving.settings.engine)
             if problem is not None:

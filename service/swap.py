@@ -156,10 +156,8 @@ class HotSwapper:
         token = self.store.begin_load(version)
         try:
             model = self.loader(version)
-            with contextlib.suppress(StoreError, OSError):
-                self.store.crashed_loads(
-                    version, forget=True
-                )  # it loads: earlier deaths were not its
+            with contextlib.suppress(StoreError, OSError):  # it loads: earlier deaths were not its
+                self.store.crashed_loads(version, forget=True)
             return model
         except TRANSIENT:
             raise
