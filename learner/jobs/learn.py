@@ -316,7 +316,7 @@ def learn_job(job: CeleryTask, **kwargs: Any) -> dict[str, Any]:
     """The body of `janus.learn` (bound: `job` is the Celery task; kwargs: a LearnRequest)."""
     job_id = str(job.request.id)
     settings = app_settings(job.app)
-    tag = (job.request.delivery_info or {}).get("delivery_tag")
+    tag = (getattr(job.request, "properties", None) or {}).get("delivery_tag")  # kombu's
     with (
         redis.Redis.from_url(str(job.app.conf.broker_url), **REDIS_TIMEOUTS) as client,
         _Heartbeat(client, job_id, tag, settings),

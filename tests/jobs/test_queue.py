@@ -171,3 +171,22 @@ def test_cancel_stops_a_running_job(job_env: JobEnv, digits: LabeledBatch) -> No
     final = wait(job_env.app, job_id, timeout=30, poll_s=0.2)
     assert final.state == "cancelled" and final.error and "cancelled" in final.error
     assert open_store(job_env.settings.store_uri).find_by_key("cancel-1") is None
+
+
+def test_a_job_running_past_the_visibility_timeout_is_delivered_once(
+    job_env: JobEnv, digits: LabeledBatch
+) -> None:
+    """Its heartbeat keeps its message's delivery time fresh: no worker's restore loop hands it
+    out again while it runs (visibility 10 s here), and it is acknowledged once."""
+    assert job_env.settings.visibility_timeout_s == 10
+    data = job_env.dataset(digits, "long-running", ["digit0", "digit9"], per_class=100)
+    request = job_env.request(data, parent="root", train={"epochs": 100})
+    started = time.monotonic()
+    job = job_env.run(request, timeout=240)
+    took = time.monotonic() - started
+    assert job.state == "succeeded", job.error
+    assert took > 2 * job_env.settings.visibility_timeout_s, f"the job took only {took:.0f} s"
+    time.sleep(3 * job_env.settings.restore_interval_s + 1)  # a redelivery would show by now
+    client = redis_client(job_env.app)
+    assert int(client.get(attempts_key(job.job_id)) or 0) == 1
+    assert client.hlen("unacked") == 0 and client.llen(job_env.settings.queue) == 0
