@@ -190,3 +190,23 @@ def test_a_job_running_past_the_visibility_timeout_is_delivered_once(
     client = redis_client(job_env.app)
     assert int(client.get(attempts_key(job.job_id)) or 0) == 1
     assert client.hlen("unacked") == 0 and client.llen(job_env.settings.queue) == 0
+
+
+def test_a_job_whose_message_cannot_be_sent_leaves_no_record(
+    job_env: JobEnv, digits: LabeledBatch, monkeypatch
+) -> None:
+    """The record is written first (so a worker never runs a job without one); a failed send
+    removes it, instead of a job shown `queued` for a week."""
+    from kombu.exceptions import OperationalError
+
+    from learner.jobs.client import JOBS_KEY, job_key
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OperationalError("the broker went away")
+
+    monkeypatch.setattr(job_env.app, "send_task", refuse)
+    data = job_env.dataset(digits, "unsent", ["digit1", "digit2"], per_class=10)
+    with pytest.raises(OperationalError):
+        submit(job_env.app, job_env.request(data, parent="root"), job_id="unsent-1")
+    client = redis_client(job_env.app)
+    assert not client.exists(job_key("unsent-1")) and client.zscore(JOBS_KEY, "unsent-1") is None
