@@ -53,7 +53,9 @@ class PixelDataset(Dataset[Pixels]):
         return len(self.batch)
 
     def __getitem__(self, index: int) -> Pixels:
-        return self.__getitems__([index])
+        """One image (C, S, S) and its label (a scalar tensor)."""
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
 
     def __getitems__(self, indices: Sequence[int]) -> Pixels:
         """The images at `indices` as one batch (the DataLoader calls this with a whole batch)."""

@@ -341,6 +341,12 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 0 to 64")
+    return int(text)
+
+
 def _device_spec(text: str) -> str:
     if not re.fullmatch(DEVICE_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
@@ -367,7 +373,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     worker.add_argument(
         "--loader-workers",
-        type=int,
+        type=_count,
         default=None,
         help="processes that decode a job's images while it trains (default: "
         "$JANUS_LOADER_WORKERS, else half the cores, 1 to 8)",
