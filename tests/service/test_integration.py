@@ -58,11 +58,13 @@ def stack(
     jobs = make_job_env(root, redis_server.url, "janus-service-test")
     worker = start_worker(jobs.env, root / "worker.log")
     server = start_server(jobs.env, root / "bentoml.log", ADMIN)
+    stack = Stack(jobs, worker, server, digits, {})
     try:
         worker.wait_ready(jobs.app, timeout=120)
         server.wait_live()
-        yield Stack(jobs, worker, server, digits, {})
+        yield stack
     finally:
+        stack.server.stop()  # a test may have restarted it: stop the one running now
         server.stop()
         worker.stop()
         jobs.app.close()
