@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters_store.audit import AuditEntry
-from adapters_store.errors import Quarantined, StoreError
+from adapters_store.errors import StoreError
 from adapters_store.manifest import Manifest
 from adapters_store.settings import default_store_uri
-from adapters_store.store import VersionStore, open_store
+from adapters_store.store import LoadCheck, VersionStore, open_store
 from adapters_store.verify import verify_store
 
 Handler = Callable[[argparse.Namespace], int]
@@ -225,10 +225,6 @@ def _who(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="why, recorded in the audit log")
 
 
-LoadCheck = Callable[[str, str], "str | None"]
-"""(store uri, version) → why the version does not load, or None (`service.runtime`)."""
-
-
 def register(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     check_load: LoadCheck | None = None,
@@ -337,17 +333,10 @@ def _show(args: argparse.Namespace, store: VersionStore) -> int:
 
 
 def _activate(args: argparse.Namespace, store: VersionStore) -> int:
-    check = getattr(args, "check_load", None)
-    if check is not None and not args.force and not store.uri.startswith("memory://"):
-        store.get(args.id)  # a missing version: its own error first
-        problem = check(store.uri, args.id)
-        if problem is not None:
-            store.quarantine(args.id, problem)
-            raise Quarantined(
-                f"{problem}; it is quarantined and nothing changed (`janus activate "
-                f"{args.id} --force` serves it anyway)"
-            )
-    entry = store.activate(args.id, actor=args.actor, reason=args.reason, force=args.force)
+    check = None if store.uri.startswith("memory://") else args.check_load  # a child can't see it
+    entry = store.activate(
+        args.id, actor=args.actor, reason=args.reason, force=args.force, test_load=check
+    )
     print_entry(entry, as_json=wants_json(args))
     return 0
 

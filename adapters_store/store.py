@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +47,7 @@ from adapters_store import paths
 from adapters_store._backend import VERSIONS, Backend, LocalBackend, ObjectBackend
 from adapters_store._crash import crash_point
 from adapters_store._owner import Owner, parse
-from adapters_store._pointer import ServingPointer
+from adapters_store._pointer import Action, ServingPointer
 from adapters_store._reservation import Reservations
 from adapters_store.audit import AuditEntry, Reason
 from adapters_store.errors import (
@@ -80,6 +80,9 @@ _REASON: TypeAdapter[str] = TypeAdapter(Reason)
 
 QUARANTINE = "quarantine"
 LOADING = "loading"
+
+LoadCheck = Callable[[str, str], "str | None"]
+"""(store uri, version) → why the version does not load, or None (`service.runtime`)."""
 
 
 def default_actor() -> str:
@@ -297,18 +300,17 @@ class VersionStore:
         actor: str | None = None,
         reason: str = "",
         force: bool = False,
+        test_load: LoadCheck | None = None,
     ) -> AuditEntry:
         """Makes a (verified) version the serving one; moves the pointer, copies nothing.
 
-        A quarantined version is refused unless `force`, which also clears its quarantine.
+        A quarantined version is refused unless `force`, which also clears its quarantine. With
+        `test_load` (the caller's: the store knows no model code), a version that does not load
+        is quarantined and refused before the pointer moves; `force` skips the test.
         """
         actor, reason = self._check_actor(actor, reason)
         self.verify_version(paths.check_version_id(version_id))
-        self._check_quarantine(version_id, force)
-        entry = self._pointer.move(version_id, "activate", actor, reason)
-        if force:
-            self.release(version_id)
-        return entry
+        return self._serve(version_id, "activate", actor, reason, force, test_load)
 
     def rollback(
         self,
@@ -326,10 +328,31 @@ class VersionStore:
         actor, reason = self._check_actor(actor, reason)
         target = self._pointer.previous() if to is None else paths.check_version_id(to)
         self.verify_version(target)
-        self._check_quarantine(target, force)
-        entry = self._pointer.move(target, "rollback", actor, reason)
+        return self._serve(target, "rollback", actor, reason, force, None)
+
+    def _serve(
+        self,
+        version_id: str,
+        action: Action,
+        actor: str,
+        reason: str,
+        force: bool,
+        test_load: LoadCheck | None,
+    ) -> AuditEntry:
+        """Moves the pointer to a verified version: refused if quarantined or (with `test_load`)
+        if it does not load, unless `force`, which clears its quarantine."""
+        fix = f"`janus activate {version_id} --force` (API: `force`) serves it anyway"
+        if not force:
+            quarantined = self.quarantined().get(version_id)
+            if quarantined is not None:
+                raise Quarantined(f"{version_id} is quarantined: {quarantined}; {fix}")
+            problem = None if test_load is None else test_load(self.uri, version_id)
+            if problem is not None:
+                self.quarantine(version_id, problem)
+                raise Quarantined(f"{problem}; it is quarantined and nothing changed; {fix}")
+        entry = self._pointer.move(version_id, action, actor, reason)
         if force:
-            self.release(target)
+            self.release(version_id)
         return entry
 
     # -- quarantine and loads --------------------------------------------------------------
@@ -361,14 +384,6 @@ class VersionStore:
     def release(self, version_id: str) -> None:
         """Clears a version's quarantine (no error if it has none)."""
         self._backend.delete(paths.rel(QUARANTINE, paths.check_version_id(version_id)))
-
-    def _check_quarantine(self, version_id: str, force: bool) -> None:
-        reason = self.quarantined().get(version_id)
-        if reason is not None and not force:
-            raise Quarantined(
-                f"{version_id} is quarantined: {reason}; serve another version, or this one "
-                f"anyway with `janus activate {version_id} --force`"
-            )
 
     def begin_load(self, version_id: str) -> str:
         """Records that this process starts loading a version; returns the record's token."""

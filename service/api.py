@@ -408,18 +408,12 @@ def _admin_router(Svc: Any) -> APIRouter:
     def activate(version_id: str, serving: Svc, body: ActivateBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
         b = body or ActivateBody()
-        serving.store.get(version_id)  # an unknown id: 404, before anything else
-        if not b.force:  # test-load it in a child process first
-            problem = check_in_child(serving.jobs.store_uri, version_id, serving.settings.engine)
-            if problem is not None:
-                serving.store.quarantine(version_id, problem)
-                raise HTTPException(
-                    409,
-                    f"{problem}; it is quarantined, nothing changed (activate with force to "
-                    "serve it anyway)",
-                )
-        entry = serving.store.activate(
-            version_id, actor=_actor(b.actor), reason=b.reason, force=b.force
+        entry = serving.store.activate(  # test-loaded in a child process first
+            version_id,
+            actor=_actor(b.actor),
+            reason=b.reason,
+            force=b.force,
+            test_load=partial(check_in_child, engine=serving.settings.engine),
         )
         _announce(serving, entry.to, entry.from_)
         return entry.model_dump(mode="json", by_alias=True)
