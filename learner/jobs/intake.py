@@ -83,11 +83,8 @@ def stage_dataset(
                 f"{src}: no such file or folder; pass a class-folder tree or an archive"
             )
         if digest is None:
-            h = hashlib.sha256()
             with open(archive, "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    h.update(chunk)
-            digest = h.hexdigest()
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
         fs, root = _store_fs(store_uri)
         target = f"{root}/datasets/{digest}"
         if not fs.exists(target):
