@@ -18,6 +18,7 @@ from adapters_store.errors import IntegrityError, NothingToRollBack
 from adapters_store.settings import StoreSettings
 
 Action = Literal["activate", "rollback"]
+"""The entries that move the pointer; `record_rejection` writes the one that does not."""
 
 
 class ServingPointer:
@@ -48,7 +49,7 @@ class ServingPointer:
         """The version that served before the current one (the `from` of the last entry that made
         the current version serve), so two rollbacks in a row swap back."""
         current = self.current()
-        for entry in reversed(self.history()):
+        for entry in reversed(moves(self.history())):
             if entry.to == current and entry.from_ is not None and entry.from_ != current:
                 return entry.from_
         raise NothingToRollBack(
@@ -56,11 +57,28 @@ class ServingPointer:
             f"{self._backend.uri}; name one with `janus rollback --to ID` (see `janus versions`)"
         )
 
-    def move(self, version_id: str, action: Action, actor: str, reason: str) -> AuditEntry:
+    def move(
+        self, version_id: str, action: Action, actor: str, reason: str, forced: bool = False
+    ) -> AuditEntry:
         """Serves `version_id` (already verified by the caller)."""
         with self._backend.lock("serving", self.settings):
             current, log = self._record()
-            return self._move(version_id, action, actor, reason, current, log)
+            return self._move(version_id, action, actor, reason, current, log, forced)
+
+    def record_rejection(self, version_id: str, actor: str, reason: str) -> AuditEntry:
+        """Appends a `reject` entry (the gate kept `version_id` from serving); the pointer stays."""
+        with self._backend.lock("serving", self.settings):
+            current, log = self._record()
+            entry = AuditEntry(
+                time=datetime.now(UTC),
+                action="reject",
+                actor=actor,
+                reason=reason,
+                from_=current,
+                to=version_id,
+            )
+            self._append(log, entry)
+            return entry
 
     def move_unless_served(self, version_id: str, actor: str, reason: str) -> AuditEntry | None:
         """`move(activate)`, or None if the pointer ever named `version_id`; decided under the
@@ -91,6 +109,7 @@ class ServingPointer:
         reason: str,
         current: str | None,
         log: bytes,
+        forced: bool = False,
     ) -> AuditEntry:
         """Appends the audit entry, then moves the pointer (write-ahead); under the serving lock."""
         entry = AuditEntry(
@@ -100,13 +119,22 @@ class ServingPointer:
             reason=reason,
             from_=current,
             to=version_id,
+            forced=forced,
         )
-        if not log.endswith(b"\n") and log:  # a crash tore the last append: drop it
-            self._backend.write(LOG, complete_prefix(log))
-        self._backend.append(LOG, entry.to_line())
+        self._append(log, entry)
         crash_point("before_pointer")
         self._backend.write(SERVING, f"{version_id}\n".encode())
         return entry
+
+    def _append(self, log: bytes, entry: AuditEntry) -> None:
+        if not log.endswith(b"\n") and log:  # a crash tore the last append: drop it
+            self._backend.write(LOG, complete_prefix(log))
+        self._backend.append(LOG, entry.to_line())
+
+
+def moves(entries: list[AuditEntry]) -> list[AuditEntry]:
+    """The entries that moved the pointer (every one but the gate's rejections)."""
+    return [e for e in entries if e.moved]
 
 
 def was_served(entries: list[AuditEntry], pointer: str | None, version_id: str) -> bool:
@@ -115,5 +143,6 @@ def was_served(entries: list[AuditEntry], pointer: str | None, version_id: str) 
     The log is written ahead of the pointer, so an entry took effect if the next entry starts from
     its target, or, for the last entry, if the pointer holds its target.
     """
+    entries = moves(entries)
     ends = [e.from_ for e in entries[1:]] + [pointer]
     return any(e.to == version_id == end for e, end in zip(entries, ends, strict=False))

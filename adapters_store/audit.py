@@ -1,4 +1,6 @@
-"""The serving audit log (`log/serving.jsonl`): one JSON line per change of the serving pointer."""
+"""The serving audit log (`log/serving.jsonl`): one JSON line per change of the serving pointer,
+and one per version the promotion gate rejected (`reject`: `to` is the rejected version, `from`
+the version that kept serving; the pointer does not move)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,17 @@ class AuditEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     time: AwareDatetime
-    action: Literal["activate", "rollback"]
+    action: Literal["activate", "rollback", "reject"]
     actor: Text
     reason: Reason = ""
     from_: VersionId | None = Field(validation_alias="from", serialization_alias="from")
     to: VersionId
+    forced: bool = Field(False, description="served despite the gate's rejection or a quarantine")
+
+    @property
+    def moved(self) -> bool:
+        """Whether this entry moved the pointer (a `reject` only records a decision)."""
+        return self.action != "reject"
 
     def to_line(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode() + b"\n"

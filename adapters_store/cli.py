@@ -21,7 +21,7 @@ from typing import Any
 
 from adapters_store.audit import AuditEntry
 from adapters_store.errors import StoreError
-from adapters_store.manifest import Manifest
+from adapters_store.manifest import Evaluation, Manifest
 from adapters_store.settings import default_store_uri
 from adapters_store.store import LoadCheck, VersionStore, open_store
 from adapters_store.verify import verify_store
@@ -114,10 +114,13 @@ def print_versions(
     as_json: bool,
     where: str,
     quarantined: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> int:
-    """`janus versions`: a table, or JSON (each manifest plus `serving` and `quarantined`, the
-    reason or null); 1 if one does not load."""
-    quarantined = quarantined or {}
+    """`janus versions`: a table, or JSON (each manifest plus `serving`, `quarantined` (the
+    reason or null), `rejected` (the gate's reason or null) and `aliases`); 1 if one does not
+    load."""
+    quarantined, aliases = quarantined or {}, aliases or {}
+    named = {vid: sorted(a for a, v in aliases.items() if v == vid) for vid, _ in listed}
     if as_json:
         print_json(
             [
@@ -125,6 +128,8 @@ def print_versions(
                     **m.model_dump(mode="json"),
                     "serving": vid == serving,
                     "quarantined": quarantined.get(vid),
+                    "rejected": m.rejected,
+                    "aliases": named[vid],
                 }
                 if isinstance(m, Manifest)
                 else {"id": vid, "error": m, "serving": vid == serving}
@@ -134,34 +139,85 @@ def print_versions(
     elif not listed:
         print(f"no versions in {where} yet; learn one with `janus learn PATH`")
     else:
-        rows = [["ID", "PARENT", "CREATED", "CLASSES ADDED", "ACCURACY", "SERVING"]]
+        rows = [["ID", "PARENT", "CREATED", "CLASSES ADDED", "ACCURACY", "OLD Δ", "STATUS"]]
         for vid, m in listed:
-            mark = " ".join(
-                word
-                for word, on in (("*", vid == serving), ("quarantined", vid in quarantined))
-                if on
-            )
             if not isinstance(m, Manifest):
-                rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", mark])
+                rows.append([vid, "?", "?", "CORRUPT: run `janus verify`", "?", "?", "?"])
                 continue
+            marks = [
+                word
+                for word, on in (
+                    ("serving", vid == serving),
+                    ("rejected", m.rejected is not None),
+                    ("quarantined", vid in quarantined),
+                )
+                if on
+            ] + [f"@{a}" for a in named[vid]]
             accuracy = f"{m.accuracy:.4g}" if m.accuracy is not None else "-"
+            drop = m.evaluation.old_drop if m.evaluation else None
+            change = f"{0.0 - drop:+.1f}" if drop is not None else "-"  # 0.0 - 0.0 is +0.0
             created = m.created_at.strftime("%Y-%m-%d %H:%M:%S")
             added = shorten(", ".join(m.new_classes) or "-")
-            rows.append([vid, m.parent or "-", created, added, accuracy, mark])
+            rows.append([vid, m.parent or "-", created, added, accuracy, change, " ".join(marks)])
         print_table(rows)
     return 0 if all(isinstance(m, Manifest) for _, m in listed) else 1
 
 
+def _evaluation_fields(evaluation: Evaluation) -> list[tuple[str, str]]:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} %"
+
+    fields = [
+        (
+            "evaluated",
+            f"against {evaluation.against or '(nothing served)'} on "
+            f"{len(evaluation.sets)} evaluation set(s)",
+        ),
+        ("new classes", pct(evaluation.new_accuracy)),
+        (
+            "old classes",
+            f"{pct(evaluation.old_accuracy)} (serving version: "
+            f"{pct(evaluation.old_accuracy_serving)})",
+        ),
+    ]
+    for name, score in evaluation.per_class.items():
+        change = score.change
+        delta = "" if change is None else f"  ({change:+.1f} vs serving)"
+        fields.append((f"  {name}", f"{pct(score.accuracy)} of {score.images}{delta}"))
+    gate = evaluation.gate
+    if gate is None:
+        fields.append(("gate", "not applied (activation auto)"))
+    else:
+        verdict = "passed" if gate.passed else "REJECTED: " + "; ".join(gate.reasons)
+        fields.append(
+            (
+                "gate",
+                f"{verdict} (new ≥ {gate.min_new_accuracy:g} %, old drop ≤ "
+                f"{gate.max_old_drop:g} points)",
+            )
+        )
+    return fields
+
+
 def print_version(
-    manifest: Manifest, lineage: Sequence[str], serving: bool, *, as_json: bool
+    manifest: Manifest,
+    lineage: Sequence[str],
+    serving: bool,
+    *,
+    as_json: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """`janus versions show ID`: the manifest and lineage, as fields or JSON."""
+    """`janus versions show ID`: the manifest, lineage and evaluation as fields, or JSON;
+    `extra` (aliases, quarantined, shadow counts) is added to either."""
+    extra = dict(extra or {})
     if as_json:
         print_json(
             {
                 "manifest": manifest.model_dump(mode="json"),
                 "lineage": list(lineage),
                 "serving": serving,
+                "rejected": manifest.rejected,
+                **extra,
             }
         )
         return
@@ -178,11 +234,33 @@ def print_version(
         ("metrics", ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()) or "-"),
         ("job", f"{manifest.job_id or '-'} (idempotency key {manifest.idempotency_key or '-'})"),
     ]
+    if extra.get("aliases"):
+        fields.append(("aliases", ", ".join(extra["aliases"])))
+    if extra.get("quarantined"):
+        fields.append(("quarantined", str(extra["quarantined"])))
+    if manifest.evaluation is not None:
+        fields += _evaluation_fields(manifest.evaluation)
+    if "shadow" in extra:
+        fields += _shadow_fields(extra["shadow"])
     fields += [
         ("file", f"{name}  {entry.size} B  sha256 {entry.sha256}")
         for name, entry in manifest.files.items()
     ]
     print_fields(fields)
+
+
+def _shadow_fields(counts: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if counts is None:
+        return [("shadowed", "unknown (no Redis)")]
+    if not counts:
+        return [("shadowed", "never")]
+    fields = []
+    for serving, c in sorted(counts.items()):
+        share = f"{100 * c['agreement']:.1f} %" if c["agreement"] is not None else "-"
+        fields.append(("shadowed", f"against {serving}: {c['images']} images, agreement {share}"))
+        for name, pc in c["per_class"].items():
+            fields.append((f"  {name}", f"agreed on {pc['agreed']} of {pc['images']}"))
+    return fields
 
 
 def print_entry(entry: AuditEntry, *, as_json: bool) -> None:
@@ -203,7 +281,8 @@ def print_history(entries: Sequence[AuditEntry], *, as_json: bool) -> None:
         rows = [["TIME", "ACTION", "FROM", "TO", "ACTOR", "REASON"]]
         for e in entries:
             time = e.time.strftime("%Y-%m-%d %H:%M:%S")
-            rows.append([time, e.action, e.from_ or "-", e.to, e.actor, e.reason])
+            action = f"{e.action} (forced)" if e.forced else e.action
+            rows.append([time, action, e.from_ or "-", e.to, e.actor, e.reason])
         print_table(rows)
 
 
@@ -225,12 +304,18 @@ def _who(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="why, recorded in the audit log")
 
 
+ShadowCounts = Callable[[str], "dict[str, Any] | None"]
+"""version → its shadow counts by serving version (`service.shadow.read_counts`); None: unknown."""
+
+
 def register(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     check_load: LoadCheck | None = None,
+    shadow_counts: ShadowCounts | None = None,
 ) -> None:
     """Adds the store's subcommands to the `janus` parser; `check_load` test-loads a version
-    before `activate` moves the pointer (the store knows no model code, the caller does)."""
+    before `activate` moves the pointer, `shadow_counts` reads how a version agreed while it
+    shadowed (the store knows no model code and no Redis, the caller does)."""
     versions = add_command(subparsers, "versions", "list versions (`versions show ID`: one)")
     _store_option(versions)
     json_option(versions)
@@ -240,19 +325,36 @@ def register(
     show.add_argument("id", help="version id, e.g. v0003")
     _store_option(show)
     json_option(show)
-    show.set_defaults(func=_guard(_show))
+    show.set_defaults(func=_guard(_show), shadow_counts=shadow_counts)
 
     activate = add_command(subparsers, "activate", "serve a version (moves a pointer)")
     activate.add_argument("id", help="version id, e.g. v0003")
     activate.add_argument(
         "--force",
         action="store_true",
-        help="serve a quarantined version anyway (and clear its quarantine)",
+        help="serve a version the promotion gate rejected, or a quarantined one (and clear its "
+        "quarantine); needs --reason",
+    )
+    activate.add_argument(
+        "--min-shadowed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse unless the version shadowed at least N images of the serving one",
+    )
+    activate.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="refuse unless it agreed with the serving version on at least this share (0–1)",
     )
     _who(activate)
     _store_option(activate)
     json_option(activate, "print the audit entry as JSON")
-    activate.set_defaults(func=_guard(_activate), check_load=check_load)
+    activate.set_defaults(
+        func=_guard(_activate), check_load=check_load, shadow_counts=shadow_counts
+    )
 
     rollback = add_command(
         subparsers, "rollback", "serve the previously serving version, or --to ID"
@@ -322,17 +424,49 @@ def _versions(args: argparse.Namespace, store: VersionStore) -> int:
         as_json=wants_json(args),
         where=store.uri,
         quarantined=store.quarantined(),
+        aliases=store.aliases.all(),
     )
 
 
 def _show(args: argparse.Namespace, store: VersionStore) -> int:
     manifest = store.get(args.id)
     lineage = [m.id for m in store.lineage(args.id)]
-    print_version(manifest, lineage, store.serving() == manifest.id, as_json=wants_json(args))
+    extra: dict[str, Any] = {
+        "quarantined": store.quarantined().get(manifest.id),
+        "aliases": sorted(a for a, v in store.aliases.all().items() if v == manifest.id),
+    }
+    if args.shadow_counts is not None:
+        extra["shadow"] = args.shadow_counts(manifest.id)
+    serving = store.serving() == manifest.id
+    print_version(manifest, lineage, serving, as_json=wants_json(args), extra=extra)
     return 0
 
 
+def check_shadowed(
+    counts: Mapping[str, Any] | None, version: str, serving: str | None, images: int, share: float
+) -> str | None:
+    """Why `version` has not shadowed `serving` enough to be promoted, or None."""
+    if counts is None:
+        return "shadow counts are unknown (no Redis: set JANUS_REDIS_URL or use `janus up`)"
+    seen = counts.get(serving or "", {"images": 0, "agreement": None})
+    agreement = seen["agreement"] or 0.0
+    if seen["images"] >= images and agreement >= share:
+        return None
+    return (
+        f"{version} shadowed {seen['images']} images of {serving} with agreement "
+        f"{agreement:.3f}; promotion needs {images} and {share:.3f}: shadow it longer "
+        f"(`janus shadow {version}`) or lower the requirement"
+    )
+
+
 def _activate(args: argparse.Namespace, store: VersionStore) -> int:
+    if args.min_shadowed or args.min_agreement:
+        counts = args.shadow_counts(args.id) if args.shadow_counts else None
+        problem = check_shadowed(
+            counts, args.id, store.serving(), args.min_shadowed, args.min_agreement
+        )
+        if problem is not None:
+            raise StoreError(problem)
     check = None if store.uri.startswith("memory://") else args.check_load  # a child can't see it
     entry = store.activate(
         args.id, actor=args.actor, reason=args.reason, force=args.force, test_load=check

@@ -54,5 +54,9 @@ class Quarantined(StoreError):
     """A version that failed to load is set aside; serving it needs `--force`."""
 
 
+class Rejected(StoreError):
+    """The promotion gate rejected a version; serving it needs `--force` and a reason."""
+
+
 class StoreBusy(StoreError):
     """Another live process holds a lock or an idempotency key for too long."""

@@ -71,6 +71,62 @@ class FileEntry(BaseModel):
     size: NonNegativeInt
 
 
+class ClassScore(BaseModel):
+    """One class of an evaluation: its images, the candidate's accuracy (percent), and the
+    serving version's on the same images when it knows the class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images: NonNegativeInt
+    accuracy: FiniteFloat
+    serving_accuracy: FiniteFloat | None = None
+
+    @property
+    def change(self) -> float | None:
+        """Points gained (negative: lost) against the serving version."""
+        return None if self.serving_accuracy is None else self.accuracy - self.serving_accuracy
+
+
+class Gate(BaseModel):
+    """The promotion gate's verdict on a candidate, and the thresholds it applied."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    passed: bool
+    reasons: list[Annotated[str, Field(max_length=2000), AfterValidator(plain_text)]] = Field(
+        default_factory=list, description="why it failed (empty when it passed)"
+    )
+    min_new_accuracy: FiniteFloat = Field(description="new-class accuracy needed (percent)")
+    max_old_drop: FiniteFloat = Field(description="old-class accuracy it may lose (points)")
+
+
+class Evaluation(BaseModel):
+    """A candidate evaluated against the version serving when it was published, on the union of
+    the evaluation sets that cover their classes (images no training ever read)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    against: VersionId | None = Field(description="the serving version compared with")
+    sets: list[Sha256] = Field(default_factory=list, description="evaluation sets used")
+    added: list[Sha256] = Field(
+        default_factory=list, description="evaluation sets this version's job set aside"
+    )
+    new_accuracy: FiniteFloat | None = Field(None, description="on the new classes (percent)")
+    old_accuracy: FiniteFloat | None = Field(None, description="on the serving version's classes")
+    old_accuracy_serving: FiniteFloat | None = Field(
+        None, description="the serving version's own accuracy on those images"
+    )
+    per_class: dict[Text, ClassScore] = Field(default_factory=dict)
+    gate: Gate | None = Field(None, description="the gate's verdict (none: activation 'auto')")
+
+    @property
+    def old_drop(self) -> float | None:
+        """Points of old-class accuracy lost against the serving version."""
+        if self.old_accuracy is None or self.old_accuracy_serving is None:
+            return None
+        return self.old_accuracy_serving - self.old_accuracy
+
+
 class ManifestDraft(BaseModel):
     """The manifest fields a publisher supplies; the store adds id, time and file digests."""
 
@@ -91,6 +147,9 @@ class ManifestDraft(BaseModel):
     metrics: dict[Text, FiniteFloat] = Field(default_factory=dict, description="e.g. accuracy")
     job_id: Key | None = None
     idempotency_key: Key | None = None
+    evaluation: Evaluation | None = Field(
+        None, description="the candidate against the serving version, and the gate's verdict"
+    )
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> ManifestDraft:
@@ -122,16 +181,24 @@ class Manifest(ManifestDraft):
         files: dict[str, FileEntry],
     ) -> Manifest:
         """Builds a manifest from a draft, filling in its self-digest."""
-        body: dict[str, Any] = draft.model_dump(mode="json")
+        body = _body(draft)
         body.update(
             schema_version=SCHEMA_VERSION,
             id=version_id,
             created_at=created_at,
             files={name: entry.model_dump() for name, entry in files.items()},
         )
-        body = cls.model_validate({**body, "digest": "0" * 64}).model_dump(mode="json")
+        body = _body(cls.model_validate({**body, "digest": "0" * 64}))
         body["digest"] = hashlib.sha256(_canonical(_without_digest(body))).hexdigest()
         return cls.model_validate(body)
+
+    @property
+    def rejected(self) -> str | None:
+        """Why the gate rejected this version (None: it was not rejected)."""
+        gate = self.evaluation.gate if self.evaluation else None
+        if gate is None or gate.passed:
+            return None
+        return "; ".join(gate.reasons) or "the gate rejected it"
 
     @property
     def accuracy(self) -> float | None:
@@ -140,6 +207,16 @@ class Manifest(ManifestDraft):
             if key in self.metrics:
                 return self.metrics[key]
         return None
+
+
+OPTIONAL = ("evaluation",)
+"""Fields added after the first manifests: left out of the canonical form while unset, so a
+manifest written before them keeps its bytes and its digest."""
+
+
+def _body(model: BaseModel) -> dict[str, Any]:
+    body: dict[str, Any] = model.model_dump(mode="json")
+    return {k: v for k, v in body.items() if not (k in OPTIONAL and v is None)}
 
 
 def _without_digest(body: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +230,7 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """The exact bytes stored as `manifest.json`."""
-    return _canonical(manifest.model_dump(mode="json"))
+    return _canonical(_body(manifest))
 
 
 def decode_manifest(raw: bytes, version_id: str) -> Manifest:

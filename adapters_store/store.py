@@ -9,6 +9,9 @@ Layout under the root (local folder, `file://`, `s3://bucket/prefix`, `memory://
     log/serving.jsonl            append-only audit of serving changes
     ids/<id>                     id reservations (who publishes it); ids are never reused
     keys/<key>                   idempotency key -> version id
+    refs/shadow                  the version shadowing the serving one, and on what share of traffic
+    refs/aliases/<name>          a name for a version (`aliases.py`), log/aliases.jsonl its changes
+    evalsets/<sha256>.*          evaluation sets: images kept to evaluate candidates (`evalsets.py`)
     quarantine/<id>              a version set aside because it failed to load, and why
     loading/<id>/<token>         a service process loading that version (its owner), while it does
     staging/<id>-<token>/        local disk only: versions being written
@@ -41,14 +44,15 @@ from typing import Any
 import numpy as np
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from adapters_store import paths
 from adapters_store._backend import VERSIONS, Backend, LocalBackend, ObjectBackend
 from adapters_store._crash import crash_point
 from adapters_store._owner import Owner, parse
-from adapters_store._pointer import Action, ServingPointer
+from adapters_store._pointer import Action, ServingPointer, was_served
 from adapters_store._reservation import Reservations
+from adapters_store.aliases import SERVING, AliasEntry, Aliases, check_alias
 from adapters_store.audit import AuditEntry, Reason
 from adapters_store.errors import (
     IntegrityError,
@@ -56,15 +60,18 @@ from adapters_store.errors import (
     InvalidName,
     NotFound,
     Quarantined,
+    Rejected,
     StoreBusy,
     StoreError,
     StoreNotFound,
 )
+from adapters_store.evalsets import EvalSets
 from adapters_store.manifest import (
     FileEntry,
     Manifest,
     ManifestDraft,
     Text,
+    VersionId,
     decode_manifest,
     encode_manifest,
 )
@@ -78,7 +85,22 @@ _ACTOR: TypeAdapter[str] = TypeAdapter(Text)
 _REASON: TypeAdapter[str] = TypeAdapter(Reason)
 
 
+SHADOW = "refs/shadow"
 QUARANTINE = "quarantine"
+
+
+class Shadow(BaseModel):
+    """`refs/shadow`: which version shadows the serving one, on what share of classify traffic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: VersionId
+    fraction: float = Field(gt=0, le=1, description="share of classify requests mirrored")
+    actor: Text
+    reason: Reason = ""
+    since: AwareDatetime
+
+
 LOADING = "loading"
 
 LoadCheck = Callable[[str, str], "str | None"]
@@ -106,6 +128,8 @@ class VersionStore:
         self.settings = settings or StoreSettings.from_env()
         self._ids = Reservations(backend, self.settings, self._is_committed)
         self._pointer = ServingPointer(backend, self.settings)
+        self.aliases = Aliases(backend, self.settings)
+        self.evalsets = EvalSets(backend)
         self._manifests: dict[str, Manifest] = {}  # versions are immutable: safe to cache
 
     @property
@@ -339,9 +363,20 @@ class VersionStore:
         force: bool,
         test_load: LoadCheck | None,
     ) -> AuditEntry:
-        """Moves the pointer to a verified version: refused if quarantined or (with `test_load`)
-        if it does not load, unless `force`, which clears its quarantine."""
-        fix = f"`janus activate {version_id} --force` (API: `force`) serves it anyway"
+        """Moves the pointer to a verified version: refused if the gate rejected it (and it never
+        served; then `force` needs a reason), if quarantined or (with `test_load`) if it does not
+        load, unless `force`, which also clears its quarantine."""
+        fix = f"`janus activate {version_id} --force --reason WHY` (API: `force`) serves it anyway"
+        rejected = self.get(version_id).rejected
+        if rejected is not None and self.was_served(version_id):
+            rejected = None  # someone already chose to serve it
+        if force and rejected is not None and not reason.strip():
+            raise InvalidManifest(
+                f"forcing {version_id} past the promotion gate needs a reason (--reason WHY) for "
+                "the audit log"
+            )
+        if not force and rejected is not None:
+            raise Rejected(f"{version_id} was rejected by the promotion gate: {rejected}; {fix}")
         if not force:
             quarantined = self.quarantined().get(version_id)
             if quarantined is not None:
@@ -350,10 +385,90 @@ class VersionStore:
             if problem is not None:
                 self.quarantine(version_id, problem)
                 raise Quarantined(f"{problem}; it is quarantined and nothing changed; {fix}")
-        entry = self._pointer.move(version_id, action, actor, reason)
+        entry = self._pointer.move(version_id, action, actor, reason, forced=force)
         if force:
             self.release(version_id)
         return entry
+
+    def was_served(self, version_id: str) -> bool:
+        """Whether the serving pointer ever named `version_id`."""
+        return was_served(self.history(), self.serving(), version_id)
+
+    def record_rejection(self, version_id: str, *, actor: str | None = None, reason: str) -> None:
+        """Writes the gate's rejection of a version to the serving log (once; nothing moves)."""
+        actor, reason = self._check_actor(actor, reason)
+        version_id = paths.check_version_id(version_id)
+        if any(e.action == "reject" and e.to == version_id for e in self.history()):
+            return
+        self._pointer.record_rejection(version_id, actor, reason)
+
+    # -- shadow ------------------------------------------------------------------------------
+
+    def shadow(self) -> Shadow | None:
+        """The version that shadows the serving one, if any (`refs/shadow`)."""
+        try:
+            raw = self._backend.read(SHADOW)
+        except FileNotFoundError:
+            return None
+        try:
+            return Shadow.model_validate_json(raw)
+        except ValidationError as err:
+            raise IntegrityError(
+                None, SHADOW, f"does not parse ({err.error_count()} errors)"
+            ) from None
+
+    def set_shadow(
+        self,
+        version_id: str | None,
+        fraction: float = 0.1,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+    ) -> Shadow | None:
+        """Mirrors `fraction` of live classify traffic to a (verified) version, off the request
+        path, to count how often it agrees with the serving one; None stops shadowing."""
+        actor, reason = self._check_actor(actor, reason)
+        if version_id is None:
+            self._backend.delete(SHADOW)
+            return None
+        self.verify_version(paths.check_version_id(version_id))
+        try:
+            shadow = Shadow(
+                version=version_id,
+                fraction=fraction,
+                actor=actor,
+                reason=reason,
+                since=datetime.now(UTC),
+            )
+        except ValidationError as err:
+            raise InvalidManifest(f"shadow rejected: {err}") from None
+        self._backend.write(SHADOW, shadow.model_dump_json().encode())
+        return shadow
+
+    # -- aliases -----------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The version id a reference names: an id, `serving`, or an alias."""
+        if paths.VERSION_ID.fullmatch(ref) is not None:
+            return self.get(ref).id
+        if check_alias(ref) == SERVING:
+            current = self.serving()
+            if current is None:
+                raise NotFound(f"nothing serves in store {self.uri} yet")
+            return current
+        version = self.aliases.get(ref)
+        if version is None:
+            raise NotFound(f"there is no alias {ref!r}; set one with `janus alias set {ref} ID`")
+        return version
+
+    def set_alias(
+        self, name: str, version_id: str | None, *, actor: str | None = None, reason: str = ""
+    ) -> AliasEntry:
+        """Points alias `name` at a (verified) version, or removes it (`version_id` None)."""
+        actor, reason = self._check_actor(actor, reason)
+        if version_id is not None:
+            self.verify_version(paths.check_version_id(version_id))
+        return self.aliases.move(name, version_id, actor, reason)
 
     # -- quarantine and loads --------------------------------------------------------------
 

@@ -1,14 +1,18 @@
 """The HTTP API: `/classify` and the admin routes, as a FastAPI app mounted in the BentoML service.
 
     POST /classify                     multipart images (field `images`, one or several) or JSON
-                                       {"images": [base64, ...], "top_k": 3}
+                                       {"images": [base64, ...], "top_k": 3}; `?version=ID` or
+                                       `?alias=NAME` answers with that version
     POST /admin/learn                  JSON LearnRequest (dataset path), or multipart: an archive
                                        in `dataset` and the other LearnRequest fields as JSON in
                                        `request` → 202 {"job_id"}
     GET  /admin/jobs, /admin/jobs/ID   job state and progress;  POST /admin/jobs/ID/cancel
-    GET  /admin/versions, /admin/versions/ID
+    GET  /admin/versions, /admin/versions/ID (with its evaluation, aliases and shadow counts)
     POST /admin/versions/ID/activate, /admin/rollback
     GET  /admin/history
+    GET  /admin/aliases;  PUT, DELETE /admin/aliases/NAME
+    GET, PUT, DELETE /admin/shadow     the version shadowing the serving one, and its counts
+    GET  /admin/evalsets;  POST /admin/evalsets (a golden set: an archive in `dataset`)
 
 Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
 `$JANUS_CLASSIFY_TOKEN` (or the admin token) when that is set. Missing token → 401, wrong → 403.
@@ -33,11 +37,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from adapters_store import NotFound, NothingToRollBack, Quarantined, StoreError
+from adapters_store import (
+    InvalidName,
+    NotFound,
+    NothingToRollBack,
+    Quarantined,
+    Rejected,
+    StoreError,
+)
+from adapters_store.cli import check_shadowed
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64, decode_images, open_images
-from service.runtime import check_in_child
+from service.pinned import Unservable
+from service.runtime import LoadedModel, check_in_child
+from service.shadow import read_counts
 
 GetServing = Callable[[], Serving]
 
@@ -71,7 +85,26 @@ class ChangeBody(BaseModel):
 
 
 class ActivateBody(ChangeBody):
-    force: bool = Field(False, description="serve a quarantined version (clears its quarantine)")
+    force: bool = Field(
+        False,
+        description="serve a version the gate rejected or a quarantined one (clears its "
+        "quarantine); needs a reason",
+    )
+    min_shadowed: int = Field(
+        0, ge=0, description="refuse unless the version shadowed at least this many images"
+    )
+    min_agreement: float = Field(
+        0.0, ge=0, le=1, description="refuse unless it agreed with the serving version this often"
+    )
+
+
+class AliasBody(ChangeBody):
+    version: str = Field(description="the version the alias names")
+
+
+class ShadowBody(ChangeBody):
+    version: str = Field(description="the version that shadows the serving one")
+    fraction: float = Field(0.1, gt=0, le=1, description="share of classify requests mirrored")
 
 
 class RollbackBody(ChangeBody):
@@ -156,6 +189,25 @@ _LEARN_BODY = {
 }
 
 
+_EVALSET_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"dataset": {"type": "string", "format": "binary"}},
+                    "required": ["dataset"],
+                }
+            }
+        },
+    }
+}
+
+MAX_GOLDEN_IMAGES = 10_000
+"""Most images one golden evaluation set may hold."""
+
+
 def _bad_json(err: Exception) -> HTTPException:
     if isinstance(err, ValidationError):
         problems = "; ".join(
@@ -235,7 +287,7 @@ def create_api(get_serving: GetServing) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        code = 409 if isinstance(exc, NothingToRollBack | Quarantined) else 400
+        code = 409 if isinstance(exc, NothingToRollBack | Quarantined | Rejected) else 400
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(NoQueue)
@@ -249,7 +301,13 @@ def create_api(get_serving: GetServing) -> FastAPI:
         openapi_extra=_CLASSIFY_BODY,
         summary="Top-k labels of one or several images, and the version that answered",
     )
-    async def classify(request: Request, serving: Svc, top_k: int | None = None) -> Any:
+    async def classify(
+        request: Request,
+        serving: Svc,
+        top_k: int | None = None,
+        version: str | None = None,
+        alias: str | None = None,
+    ) -> Any:
         start = time.perf_counter()
         if serving.inflight >= serving.settings.max_inflight:  # before reading the body
             serving.metrics.requests.labels(version="none", status="503").inc()
@@ -261,7 +319,7 @@ def create_api(get_serving: GetServing) -> FastAPI:
             )
         serving.inflight += 1
         try:
-            return await _classify(request, serving, top_k, start)
+            return await _classify(request, serving, top_k, start, version, alias)
         finally:
             serving.inflight -= 1
 
@@ -269,9 +327,35 @@ def create_api(get_serving: GetServing) -> FastAPI:
     return app
 
 
-async def _classify(request: Request, serving: Serving, top_k: int | None, start: float) -> Any:
+async def _pinned_model(serving: Serving, version: str | None, alias: str | None) -> LoadedModel:
+    """The model of the version a request names (by id or alias), loaded if need be."""
+    try:
+        wanted = await run_in_threadpool(serving.pinned.resolve, version, alias)
+    except NotFound as err:
+        raise HTTPException(404, str(err)) from None
+    except (InvalidName, ValueError) as err:
+        raise HTTPException(422, str(err)) from None
+    current = serving.model
+    if current is not None and current.version == wanted:
+        return current
+    try:
+        return await run_in_threadpool(serving.pinned.get, wanted)
+    except Unservable as err:
+        raise HTTPException(409, f"{err}; ask for another version") from None
+
+
+async def _classify(
+    request: Request,
+    serving: Serving,
+    top_k: int | None,
+    start: float,
+    version: str | None = None,
+    alias: str | None = None,
+) -> Any:
     """One classify request: read it, check the counts, decode within the request's budget (in
-    one of the worker's decode slots), infer in the batcher."""
+    one of the worker's decode slots), infer in the batcher (with the serving version, or the one
+    the request names); then maybe mirror it to the shadowed version."""
+    pinned = version is not None or alias is not None
     s, model = serving.settings, None
     try:
         data, body_k = await _read_images(request, serving)
@@ -284,7 +368,8 @@ async def _classify(request: Request, serving: Serving, top_k: int | None, start
             raise HTTPException(
                 413, f"{len(data)} images in one request; the limit is {s.max_images}"
             )
-        model = serving.model  # this request's version, whatever swaps meanwhile
+        # this request's version, whatever swaps meanwhile
+        model = await _pinned_model(serving, version, alias) if pinned else serving.model
         if model is None:
             raise HTTPException(503, "no version loaded yet; see GET /readyz")
         opened = await run_in_threadpool(
@@ -305,6 +390,10 @@ async def _classify(request: Request, serving: Serving, top_k: int | None, start
         answer = ClassifyResponse(
             version=model.version, results=_top(_softmax(logits), model.class_names, k)
         )
+        shadow = serving.swapper.state.shadow
+        if shadow is not None and not pinned:  # off the request path: a background task
+            answered = [model.class_names[int(i)] for i in np.argmax(logits, axis=1)]
+            serving.shadow.mirror(shadow.version, shadow.fraction, model, x, answered)
     except (HTTPException, ImageError) as err:
         code = err.status_code if isinstance(err, HTTPException) else err.status
         serving.metrics.requests.labels(version="none", status=str(code)).inc()
@@ -384,30 +473,41 @@ def _admin_router(Svc: Any) -> APIRouter:
     @router.get("/versions")
     def versions(serving: Svc) -> list[dict[str, Any]]:
         """Every published version, oldest first, with which one serves."""
-        current, quarantined = serving.store.serving(), serving.store.quarantined()
+        store = serving.store
+        current, quarantined, aliases = store.serving(), store.quarantined(), store.aliases.all()
         return [
             {
                 **m.model_dump(mode="json"),
                 "serving": m.id == current,
                 "quarantined": quarantined.get(m.id),
+                "rejected": m.rejected,
+                "aliases": sorted(a for a, v in aliases.items() if v == m.id),
             }
-            for m in serving.store.versions()
+            for m in store.versions()
         ]
 
     @router.get("/versions/{version_id}")
     def version(version_id: str, serving: Svc) -> dict[str, Any]:
-        """One version's manifest and lineage."""
-        m = serving.store.get(version_id)
+        """One version's manifest (its evaluation against the serving version, the gate's
+        verdict), lineage, aliases, and how it agreed with serving versions while it shadowed."""
+        store = serving.store
+        m = store.get(version_id)
         return {
             "manifest": m.model_dump(mode="json"),
-            "lineage": [v.id for v in serving.store.lineage(version_id)],
-            "serving": serving.store.serving() == m.id,
+            "lineage": [v.id for v in store.lineage(version_id)],
+            "serving": store.serving() == m.id,
+            "quarantined": store.quarantined().get(m.id),
+            "rejected": m.rejected,
+            "aliases": sorted(a for a, v in store.aliases.all().items() if v == m.id),
+            "shadow": _shadow_counts(serving, m.id),
         }
 
     @router.post("/versions/{version_id}/activate")
     def activate(version_id: str, serving: Svc, body: ActivateBody | None = None) -> dict[str, Any]:
         """Serve a version (every worker swaps to it within seconds)."""
         b = body or ActivateBody()
+        if b.min_shadowed or b.min_agreement:
+            _check_shadowed(serving, version_id, b.min_shadowed, b.min_agreement)
         entry = serving.store.activate(  # test-loaded in a child process first
             version_id,
             actor=_actor(b.actor),
@@ -431,7 +531,122 @@ def _admin_router(Svc: Any) -> APIRouter:
         """Every change of the serving version, oldest first."""
         return [e.model_dump(mode="json", by_alias=True) for e in serving.store.history()]
 
+    @router.get("/aliases")
+    def aliases(serving: Svc) -> dict[str, str]:
+        """Every alias and the version it names (`serving` is the serving pointer)."""
+        current = serving.store.serving()
+        return {**serving.store.aliases.all(), **({"serving": current} if current else {})}
+
+    @router.put("/aliases/{name}")
+    def set_alias(name: str, body: AliasBody, serving: Svc) -> dict[str, Any]:
+        """Point an alias at a version (recorded in log/aliases.jsonl)."""
+        entry = serving.store.set_alias(
+            name, body.version, actor=_actor(body.actor), reason=body.reason
+        )
+        return entry.model_dump(mode="json", by_alias=True)
+
+    @router.delete("/aliases/{name}")
+    def delete_alias(name: str, serving: Svc, body: ChangeBody | None = None) -> dict[str, Any]:
+        """Remove an alias."""
+        b = body or ChangeBody()
+        entry = serving.store.set_alias(name, None, actor=_actor(b.actor), reason=b.reason)
+        return entry.model_dump(mode="json", by_alias=True)
+
+    @router.get("/shadow")
+    def shadow(serving: Svc) -> dict[str, Any]:
+        """The version shadowing the serving one (null if none), and its agreement counts."""
+        current = serving.store.shadow()
+        return {
+            "shadow": current.model_dump(mode="json") if current else None,
+            "counts": _shadow_counts(serving, current.version) if current else None,
+        }
+
+    @router.put("/shadow")
+    def set_shadow(body: ShadowBody, serving: Svc) -> dict[str, Any]:
+        """Mirror a share of classify traffic to a version, off the request path."""
+        current = serving.store.set_shadow(
+            body.version, body.fraction, actor=_actor(body.actor), reason=body.reason
+        )
+        return {"shadow": current.model_dump(mode="json") if current else None}
+
+    @router.delete("/shadow")
+    def stop_shadow(serving: Svc) -> dict[str, Any]:
+        """Stop shadowing (the counts are kept)."""
+        serving.store.set_shadow(None, actor="admin-token")
+        return {"shadow": None}
+
+    @router.get("/evalsets")
+    def evalsets(serving: Svc) -> list[dict[str, Any]]:
+        """Every evaluation set: learn jobs' held-out samples and users' golden sets."""
+        return [info.model_dump(mode="json") for info in serving.store.evalsets.sets()]
+
+    @router.post("/evalsets", openapi_extra=_EVALSET_BODY)
+    async def add_evalset(request: Request, serving: Svc) -> dict[str, Any]:
+        """Attach a golden evaluation set: an archive of class folders in the file `dataset`."""
+        return await _golden_upload(request, serving)
+
     return router
+
+
+def _redis(serving: Serving) -> Any:
+    import redis
+
+    url = serving.redis_url()
+    return None if url is None else redis.Redis.from_url(url, socket_timeout=5)
+
+
+def _shadow_counts(serving: Serving, version: str) -> dict[str, Any] | None:
+    """A version's shadow counts by serving version, from Redis (None without Redis)."""
+    import redis
+
+    client = _redis(serving)
+    if client is None:
+        return None
+    try:
+        with client:
+            return read_counts(client, version)
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _check_shadowed(serving: Serving, version: str, images: int, agreement: float) -> None:
+    """Refuses (409) to promote a version that has not shadowed the serving one enough."""
+    counts = _shadow_counts(serving, version)
+    problem = check_shadowed(counts, version, serving.store.serving(), images, agreement)
+    if problem is not None:
+        raise HTTPException(503 if counts is None else 409, problem)
+
+
+async def _golden_upload(request: Request, serving: Serving) -> dict[str, Any]:
+    from learner.data import DataError
+    from learner.jobs.evaluation import golden_set
+
+    try:
+        form = await request.form(max_files=1, max_fields=2)
+    except Exception as err:
+        raise HTTPException(400, f"invalid multipart body: {err}") from None
+    upload = form.get("dataset")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, "put the archive (zip, tar, tar.gz) of class folders in `dataset`")
+    suffix = "".join(Path(upload.filename or "set.tar.gz").suffixes[-2:])
+    with tempfile.TemporaryDirectory(prefix="janus-evalset-") as tmp:
+        path = Path(tmp) / f"golden{suffix}"
+        with open(path, "wb") as out:
+            while chunk := await upload.read(1 << 20):
+                out.write(chunk)
+        try:
+            info = await run_in_threadpool(
+                partial(
+                    golden_set,
+                    serving.store,
+                    path,
+                    max_bytes=serving.jobs.max_dataset_bytes,
+                    max_images=MAX_GOLDEN_IMAGES,
+                )
+            )
+        except DataError as err:
+            raise HTTPException(422, str(err)) from None
+    return info.model_dump(mode="json")
 
 
 async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, Any], str]:

@@ -397,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     step.set_defaults(func=_bench_step)
 
     from adapters_store.cli import register as register_store
+    from service.promotion import local_shadow_counts
 
-    register_store(sub, check_load=_check_load)
+    register_store(sub, check_load=_check_load, shadow_counts=local_shadow_counts)
     from learner.jobs.cli import register as register_jobs
 
     register_jobs(sub)

@@ -66,8 +66,11 @@ def classify(
     top_k: int = 5,
     token: str | None = None,
     client: httpx.Client | None = None,
+    version: str | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
-    """`POST /classify` with the images as multipart files; the service's JSON answer."""
+    """`POST /classify` with the images as multipart files; the service's JSON answer (from
+    `version`, or the version `alias` names, when given)."""
     files = [
         ("images", (f"{i}.img", img if isinstance(img, bytes) else Path(img).read_bytes()))
         for i, img in enumerate(images)
@@ -78,7 +81,11 @@ def classify(
         r = http.post(
             f"{url or default_url()}/classify",
             files=files,
-            params={"top_k": top_k},
+            params={
+                "top_k": top_k,
+                **({"version": version} if version else {}),
+                **({"alias": alias} if alias else {}),
+            },
             headers=auth_headers(token),
         )
     except httpx.HTTPError as err:

@@ -1,4 +1,5 @@
-"""`janus up | classify | settings | bench serve`: the service's commands (see `service.cli`)."""
+"""`janus up | classify | settings | bench serve`: the service's commands (see `service.cli`);
+`eval`, `alias` and `shadow` come from `service.promotion`."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    answer = classify([Path(p) for p in args.images], url=args.url, top_k=args.top_k)
+    answer = classify(
+        [Path(p) for p in args.images],
+        url=args.url,
+        top_k=args.top_k,
+        version=args.version,
+        alias=args.alias,
+    )
     if args.json:
         print_json(answer)
         return 0
@@ -105,7 +112,16 @@ def register(
     cls.add_argument("--url", default=None, help=url_help)
     cls.add_argument("--top-k", type=int, default=5, help="labels per image, best first")
     cls.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    pin = cls.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--version", metavar="ID", help="answer with this version, not the serving one"
+    )
+    pin.add_argument("--alias", metavar="NAME", help="answer with the version this alias names")
     cls.set_defaults(func=_classify)
+
+    from service.promotion import register as register_promotion
+
+    register_promotion(subparsers)
 
     settings = add_command(
         subparsers,

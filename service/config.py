@@ -83,6 +83,13 @@ class ServiceSettings(JanusSettings):
     retry_failed_s: float = Field(
         15.0, gt=0, description="wait before retrying a version that failed to load"
     )
+    pinned_versions: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="versions each worker keeps loaded besides the serving one, for requests "
+        "that ask for a version or an alias and for the shadowed version",
+    )
     max_batch: int = Field(32, ge=1, description="largest adaptive batch (images)")
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a batch may wait for more requests"

@@ -16,7 +16,9 @@ from learner.jobs.settings import JobSettings
 from service.batching import Batcher
 from service.config import ServiceSettings
 from service.metrics import ServiceMetrics, service_metrics
+from service.pinned import PinnedVersions
 from service.runtime import LoadedModel, load_version
+from service.shadow import Shadower
 from service.swap import HotSwapper
 
 if TYPE_CHECKING:
@@ -49,6 +51,13 @@ class Serving:
             redis_url=self.redis_url,
         )
         self.batcher = Batcher(self.metrics, self.settings.max_batch, self.settings.batch_wait_ms)
+        self.pinned = PinnedVersions(
+            self._open_store(),
+            self._load_pinned,
+            self.settings.pinned_versions,
+            self.settings.poll_s,
+        )
+        self.shadow = Shadower(self.pinned, self.batcher, self.metrics, self.redis_url)
         self._app: Celery | None = None
         self._lock = threading.Lock()
         self.inflight = 0  # classify requests this worker holds (its event loop counts them)
@@ -67,6 +76,14 @@ class Serving:
     def _load(self, version: str) -> LoadedModel:
         return load_version(
             self.swapper.store,
+            version,
+            engine=self.settings.engine,
+            threads=self.settings.intra_op_threads,
+        )
+
+    def _load_pinned(self, version: str) -> LoadedModel:
+        return load_version(
+            self.pinned.store,
             version,
             engine=self.settings.engine,
             threads=self.settings.intra_op_threads,

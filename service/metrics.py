@@ -25,6 +25,9 @@ class ServiceMetrics:
     swap_failures: Any  # Counter(version)
     serving: Any  # Gauge(version, engine): 1 for the version this worker serves, and on what
     fallback: Any  # Gauge(version): 1 while this worker serves another version in its place
+    shadow_images: Any  # Counter(version, serving): images the shadowed version answered
+    shadow_agreed: Any  # Counter(version, serving): of those, top class equal to serving's
+    shadow_skipped: Any  # Counter(version): images not mirrored (busy, or not loaded yet)
 
     def set_serving(self, now: tuple[str, str], previous: tuple[str, str] | None) -> None:
         """`now`, `previous`: (version, engine), e.g. ("v3", "onnxruntime:CPUExecutionProvider")."""
@@ -65,6 +68,22 @@ def service_metrics() -> ServiceMetrics:
         swap_failures=Counter(
             "janus_swap_failures",
             "versions that failed to load (the old one kept serving)",
+            ["version"],
+        ),
+        shadow_images=Counter(
+            "janus_shadow_images",
+            "classified images mirrored to the shadowed version, by it and the serving version",
+            ["version", "serving"],
+        ),
+        shadow_agreed=Counter(
+            "janus_shadow_agreed",
+            "mirrored images on which the shadowed version's top class equals the serving one's",
+            ["version", "serving"],
+        ),
+        shadow_skipped=Counter(
+            "janus_shadow_skipped",
+            "images chosen for shadowing but not mirrored (shadow tasks busy, or the version "
+            "still loading)",
             ["version"],
         ),
         fallback=Gauge(

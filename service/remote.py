@@ -116,27 +116,44 @@ def _versions(args: argparse.Namespace) -> int:
     if getattr(args, "id", None):
         answer = _call(args, "GET", f"/admin/versions/{args.id}")
         manifest = Manifest.model_validate(answer["manifest"])
-        print_version(manifest, answer["lineage"], answer["serving"], as_json=wants_json(args))
+        extra = {k: answer.get(k) for k in ("quarantined", "aliases", "shadow")}
+        print_version(
+            manifest, answer["lineage"], answer["serving"], as_json=wants_json(args), extra=extra
+        )
         return 0
     answer = _call(args, "GET", "/admin/versions")  # manifests, each with `serving`
     listed: list[Listed] = [
         (
             item["id"],
-            Manifest.model_validate(
-                {k: v for k, v in item.items() if k not in ("serving", "quarantined")}
-            ),
+            Manifest.model_validate({k: v for k, v in item.items() if k not in LISTING_EXTRAS}),
         )
         for item in answer
     ]
     serving = next((item["id"] for item in answer if item["serving"]), None)
     quarantined = {item["id"]: item["quarantined"] for item in answer if item.get("quarantined")}
+    aliases = {a: item["id"] for item in answer for a in item.get("aliases", [])}
     return print_versions(
-        listed, serving, as_json=wants_json(args), where=args.url, quarantined=quarantined
+        listed,
+        serving,
+        as_json=wants_json(args),
+        where=args.url,
+        quarantined=quarantined,
+        aliases=aliases,
     )
 
 
+LISTING_EXTRAS = ("serving", "quarantined", "rejected", "aliases")
+"""What `GET /admin/versions` adds to each manifest."""
+
+
 def _activate(args: argparse.Namespace) -> int:
-    body = {"actor": args.actor, "reason": args.reason, "force": args.force}
+    body = {
+        "actor": args.actor,
+        "reason": args.reason,
+        "force": args.force,
+        "min_shadowed": args.min_shadowed,
+        "min_agreement": args.min_agreement,
+    }
     answer = _call(args, "POST", f"/admin/versions/{args.id}/activate", json=body)
     print_entry(AuditEntry.model_validate(answer), as_json=wants_json(args))
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 
 from adapters_store import StoreBusy, StoreError, VersionStore
+from adapters_store.store import Shadow
 from learner.jobs.client import SERVING_CHANNEL
 from service.metrics import ServiceMetrics
 from service.runtime import LoadedModel
@@ -58,6 +59,7 @@ class SwapState:
     swaps: int = 0
     last_swap_s: float | None = None
     fallback_for: str | None = None
+    shadow: Shadow | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +122,8 @@ class HotSwapper:
             self.state.last_error = f"cannot read the serving pointer: {err}"
             return
         self.state.target = target
+        with contextlib.suppress(StoreError, OSError):  # a damaged ref only stops the shadow
+            self.state.shadow = self.store.shadow()
         loaded = self.state.model.version if self.state.model else None
         if target is None or target == loaded:
             return
@@ -177,7 +181,7 @@ class HotSwapper:
         except (StoreError, OSError):
             return
         seen = {target}
-        for entry in reversed(history):
+        for entry in reversed([e for e in history if e.moved]):
             for candidate in (entry.to, entry.from_):
                 if candidate is None or candidate in seen:
                     continue

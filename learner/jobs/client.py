@@ -102,11 +102,28 @@ class LearnRequest(BaseModel):
     idempotency_key: Annotated[str, AfterValidator(check_key)] | None = Field(
         None, description="a retried or repeated job with this key publishes at most one version"
     )
-    activation: Literal["auto", "manual", "gate"] = Field(
-        "auto", description="auto: serve the new version; manual: don't; gate: if it passes"
+    activation: Literal["gate", "manual", "auto"] = Field(
+        "gate",
+        description="gate: serve the new version if it passes the promotion gate, else publish it "
+        "as rejected; manual: publish it (rejected if it fails the gate), serve nothing; auto: "
+        "serve it without a gate",
     )
     gate_accuracy: float = Field(
         50.0, ge=0, le=100, description="gate: held-out accuracy (%) on the new classes needed"
+    )
+    gate_max_old_drop: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="gate: points of old-class accuracy the candidate may lose against the "
+        "serving version, on the evaluation sets",
+    )
+    eval_per_class: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="held-out images per new class kept as an evaluation set (0: none; default "
+        "JANUS_EVAL_PER_CLASS)",
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     actor: str | None = Field(None, max_length=200)

@@ -46,8 +46,9 @@ from learner.jobs.intake import open_dataset, open_new_classes, under_roots
 from learner.jobs.settings import JobSettings
 
 if TYPE_CHECKING:
+    from adapters_store.manifest import Evaluation
     from learner.state import LearnerState
-    from learner.train import Progress
+    from learner.train import Progress, TaskResult
 
 PROGRESS_EVERY_S = 0.5
 
@@ -185,8 +186,7 @@ def _reuse(
             f"idempotency key {existing.idempotency_key!r} already published {existing.id} from "
             "other data; use a new key for a new batch"
         )
-    wanted = _activate_by_policy(request, existing.metrics.get("holdout_accuracy_new", 0.0))
-    if not wanted:
+    if not _activate_by_policy(request, existing):
         return existing, False
     entry = store.activate_unless_served(
         existing.id, actor=request.actor, reason=request.reason or "learn job retry"
@@ -194,9 +194,10 @@ def _reuse(
     return existing, entry is not None
 
 
-def _activate_by_policy(request: LearnRequest, accuracy_new: float) -> bool:
+def _activate_by_policy(request: LearnRequest, manifest: Manifest) -> bool:
+    """auto: always; gate: if the gate passed it; manual: never."""
     if request.activation == "gate":
-        return accuracy_new >= request.gate_accuracy
+        return manifest.rejected is None
     return request.activation == "auto"
 
 
@@ -237,6 +238,7 @@ def _train_and_publish(
     from learner.backbones import input_spec
     from learner.device import resolve_device
     from learner.inputs import prepare, to_uint8_tensor
+    from learner.jobs.evaluation import holdout_sample
     from learner.jobs.versioning import publish_state, state_backbone
     from learner.loader import default_workers
     from learner.onnx_export import check_onnx, export_onnx
@@ -265,7 +267,15 @@ def _train_and_publish(
         metrics["holdout_accuracy_new"] = evaluate(
             result.model, holdout, result.state.class_names, workers
         )
+        per_class = settings.eval_per_class
+        per_class = per_class if request.eval_per_class is None else request.eval_per_class
+        added = []
+        if per_class > 0:  # held-out images: never trained on, kept to evaluate what follows
+            images, labels = holdout_sample(holdout, per_class, cfg.seed)
+            kept = store.evalsets.add(images, labels, kind="holdout", source=f"learn job {job_id}")
+            added.append(kept.digest)
         checked = in_memory(holdout.subset(range(min(16, len(holdout)))))  # real images
+    evaluation = _evaluate(store, request, result, parent, added, metrics["holdout_accuracy_new"])
     model = result.model.cpu()  # exported and checked on the CPU, where serving runs it
     metrics["train_samples"] = float(len(train))
     metrics["holdout_samples"] = float(len(holdout))
@@ -273,7 +283,9 @@ def _train_and_publish(
     onnx = export_onnx(model, result.state.class_names)
     held_out = prepare(to_uint8_tensor(checked.images), side)
     metrics["onnx_max_rel_diff"] = check_onnx(model, onnx, held_out, tol=1e-4)
-    activate = _activate_by_policy(request, metrics["holdout_accuracy_new"])
+    activate = request.activation == "auto" or (
+        request.activation == "gate" and evaluation.gate is not None and evaluation.gate.passed
+    )
     report.phase("publish")
     manifest = publish_state(
         store,
@@ -285,11 +297,51 @@ def _train_and_publish(
         onnx=onnx,
         job_id=job_id if _is_key(job_id) else None,
         idempotency_key=key,
+        evaluation=evaluation,
         activate=activate,
         actor=request.actor,
         reason=request.reason or f"learn job {job_id}",
     )
+    if manifest.rejected is not None:
+        store.record_rejection(
+            manifest.id, actor=request.actor, reason=f"learn job {job_id}: {manifest.rejected}"
+        )
     return _result(store, manifest, activate, reused=False)
+
+
+def _evaluate(
+    store: VersionStore,
+    request: LearnRequest,
+    result: TaskResult,
+    parent: str | None,
+    added: list[str],
+    holdout_accuracy_new: float,
+) -> Evaluation:
+    """The candidate against the version serving now, on the evaluation sets (on the job's
+    device), with the gate's verdict unless the policy is `auto`."""
+    from learner.jobs.evaluation import evaluate_candidate
+    from learner.jobs.versioning import load_state
+    from learner.state import build_model
+
+    serving = store.serving()
+    serving_model = None
+    if serving is not None:
+        against = build_model(load_state(store, serving)).to(result.model.device)
+        serving_model = (store.get(serving), against)
+    thresholds = (
+        None if request.activation == "auto" else (request.gate_accuracy, request.gate_max_old_drop)
+    )
+    return evaluate_candidate(
+        store,
+        result.model,
+        result.state.class_names,
+        result.state.class_names[-result.state.task_sizes[-1] :],
+        parent=parent,
+        added=added,
+        serving_model=serving_model,
+        holdout_accuracy_new=holdout_accuracy_new,
+        thresholds=thresholds,
+    )
 
 
 def _is_key(value: str) -> bool:
@@ -301,6 +353,7 @@ def _is_key(value: str) -> bool:
 def _result(
     store: VersionStore, manifest: Manifest, activated: bool, reused: bool
 ) -> dict[str, Any]:
+    e = manifest.evaluation
     return {
         "version": manifest.id,
         "parent": manifest.parent,
@@ -309,6 +362,17 @@ def _result(
         "activated": activated,
         "serving": store.serving(),
         "reused": reused,
+        "rejected": manifest.rejected,
+        "evaluation": None
+        if e is None
+        else {
+            "against": e.against,
+            "new_accuracy": e.new_accuracy,
+            "old_accuracy": e.old_accuracy,
+            "old_accuracy_serving": e.old_accuracy_serving,
+            "old_drop": e.old_drop,
+            "passed": None if e.gate is None else e.gate.passed,
+        },
     }
 
 

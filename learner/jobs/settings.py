@@ -57,6 +57,13 @@ class JobSettings(DataSettings):
     min_per_class: int = Field(
         5, ge=2, description="fewest images a new class may bring (one is held out, at least)"
     )
+    eval_per_class: int = Field(
+        20,
+        ge=0,
+        le=10_000,
+        description="held-out images per new class a learn job keeps as an evaluation set for "
+        "the promotion gate (0: none); a request's eval_per_class overrides it",
+    )
     max_attempts: int = Field(
         3, ge=1, description="deliveries of one job (each lost worker is one) before it fails"
     )

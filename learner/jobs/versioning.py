@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from adapters_store import Manifest, ManifestDraft, VersionStore
-from adapters_store.manifest import ADAPTER, HEAD, ONNX, PROTOTYPES, SUBSPACE
+from adapters_store.manifest import ADAPTER, HEAD, ONNX, PROTOTYPES, SUBSPACE, Evaluation
 from adapters_store.tensors import FileContent
 from learner.backbones import create_backbone
 from learner.config import BackboneConfig, TrainConfig
@@ -56,6 +56,7 @@ def state_draft(
     metrics: Mapping[str, float],
     job_id: str | None = None,
     idempotency_key: str | None = None,
+    evaluation: Evaluation | None = None,
 ) -> ManifestDraft:
     """The manifest fields of a state just learned on top of `parent`."""
     new = state.task_sizes[-1]
@@ -78,6 +79,7 @@ def state_draft(
             "metrics": finite_metrics(metrics),
             "job_id": job_id,
             "idempotency_key": idempotency_key,
+            "evaluation": evaluation.model_dump(mode="json") if evaluation else None,
         }
     )
 
@@ -93,6 +95,7 @@ def publish_state(
     onnx: bytes | None = None,
     job_id: str | None = None,
     idempotency_key: str | None = None,
+    evaluation: Evaluation | None = None,
     activate: bool = False,
     actor: str | None = None,
     reason: str = "",
@@ -106,6 +109,7 @@ def publish_state(
         metrics=metrics,
         job_id=job_id,
         idempotency_key=idempotency_key,
+        evaluation=evaluation,
     )
     files = state_files(state, onnx)
     return store.publish(files, draft, activate=activate, actor=actor, reason=reason)

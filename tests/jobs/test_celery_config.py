@@ -1,13 +1,17 @@
-"""The Celery app's settings for long jobs, and the activation policy (no services)."""
+"""The Celery app's settings for long jobs, the promotion gate and the activation policy (no
+services)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from adapters_store.manifest import Evaluation
 from learner.jobs.app import create_app
 from learner.jobs.client import LEARN_JOB, LearnRequest
+from learner.jobs.evaluation import gate
 from learner.jobs.learn import _activate_by_policy
 from learner.jobs.settings import JobSettings
 
@@ -41,11 +45,31 @@ def test_app_without_redis_says_how_to_get_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("activation", "accuracy", "expected"),
-    [("auto", 0.0, True), ("manual", 100.0, False), ("gate", 79.9, False), ("gate", 80.0, True)],
+    ("new", "old", "old_serving", "passed"),
+    [
+        (80.0, 90.0, 95.0, True),  # exactly at both thresholds
+        (79.9, 90.0, 95.0, False),  # new classes below
+        (80.0, 89.9, 95.0, False),  # lost 5.1 points
+        (99.0, 99.0, 95.0, True),  # gained on old classes
+        (80.0, None, None, True),  # nothing serves: only the new classes count
+    ],
 )
-def test_activation_policy(activation: str, accuracy: float, expected: bool) -> None:
-    request = LearnRequest.model_validate(
-        {"dataset": "/d", "activation": activation, "gate_accuracy": 80.0}
-    )
-    assert _activate_by_policy(request, accuracy) is expected
+def test_the_gate_needs_new_accuracy_and_bounds_the_old_drop(
+    new: float, old: float | None, old_serving: float | None, passed: bool
+) -> None:
+    verdict = gate("v0001", new, old, old_serving, min_new_accuracy=80.0, max_old_drop=5.0)
+    assert verdict.passed is passed
+    assert bool(verdict.reasons) is not passed
+
+
+@pytest.mark.parametrize(
+    ("activation", "passed", "expected"),
+    [("auto", False, True), ("manual", True, False), ("gate", False, False), ("gate", True, True)],
+)
+def test_activation_policy(activation: str, passed: bool, expected: bool) -> None:
+    request = LearnRequest.model_validate({"dataset": "/d", "activation": activation})
+    verdict = gate(None, 90.0 if passed else 10.0, None, None, 50.0, 5.0)
+    evaluation = Evaluation(against=None, gate=verdict)
+    manifest = SimpleNamespace(rejected=None if passed else "; ".join(verdict.reasons))
+    assert evaluation.gate is not None and evaluation.gate.passed is passed
+    assert _activate_by_policy(request, manifest) is expected  # type: ignore[arg-type]

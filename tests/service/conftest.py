@@ -77,11 +77,13 @@ class Api:
     store: VersionStore
 
 
-def make_api(store_root: Path, **settings: object) -> Api:
+def make_api(store_root: Path, redis_url: str | None = None, **settings: object) -> Api:
     cfg = ServiceSettings.from_env(
         {}, admin_token=ADMIN, poll_s=0.2, workers=1, threads=1, **settings
     )
-    jobs = JobSettings.from_env({}, store=str(store_root), data_dir=store_root.parent / "data")
+    jobs = JobSettings.from_env(
+        {}, store=str(store_root), data_dir=store_root.parent / "data", redis_url=redis_url
+    )
     serving = Serving(cfg, jobs, service_metrics())
     serving.swapper.check()
     app = create_api(lambda: serving)

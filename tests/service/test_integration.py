@@ -403,7 +403,7 @@ def test_cli_through_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["versions", *remote]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["ID", "PARENT", "CREATED"]
-    assert [r.split()[0] for r in rows] == [*before, new] and rows[-1].endswith("*")
+    assert [r.split()[0] for r in rows] == [*before, new] and rows[-1].endswith("serving")
     assert main(["versions", "--json", *remote]) == 0
     assert [v["id"] for v in json.loads(capsys.readouterr().out)] == [*before, new]
     assert main(["versions", "show", new, *remote]) == 0

@@ -43,10 +43,20 @@ def test_versions_table_and_json(capsys: pytest.CaptureFixture[str], three: str)
     code, out, _ = janus(capsys, "versions", "--store", three)
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "PARENT", "CREATED", "CLASSES", "ADDED", "ACCURACY", "SERVING"]
-    assert rows[0].split()[0] == "v0001" and rows[0].rstrip().endswith("*")
+    assert header.split() == [
+        "ID",
+        "PARENT",
+        "CREATED",
+        "CLASSES",
+        "ADDED",
+        "ACCURACY",
+        "OLD",
+        "Δ",
+        "STATUS",
+    ]
+    assert rows[0].split()[0] == "v0001" and rows[0].rstrip().endswith("serving")
     assert "eel" in rows[1] and "0.91" in rows[1].split() and rows[1].split()[1] == "v0001"
-    assert rows[2].split()[-1] == "-"  # no accuracy, not serving
+    assert rows[2].split()[-2:] == ["-", "-"]  # no accuracy, no evaluation, not serving
 
     code, out, _ = janus(capsys, "versions", "--json", "--store", three)
     listed = json.loads(out)
