@@ -176,7 +176,8 @@ def _evaluation_fields(evaluation: Evaluation) -> list[tuple[str, str]]:
         ("new classes", pct(evaluation.new_accuracy)),
         (
             "old classes",
-            f"{pct(evaluation.old_accuracy)} (serving version: "
+            f"{pct(evaluation.old_accuracy)}; among the old classes only "
+            f"{pct(evaluation.old_accuracy_among_old)} (serving version: "
             f"{pct(evaluation.old_accuracy_serving)})",
         ),
     ]
@@ -189,11 +190,14 @@ def _evaluation_fields(evaluation: Evaluation) -> list[tuple[str, str]]:
         fields.append(("gate", "not applied (activation auto)"))
     else:
         verdict = "passed" if gate.passed else "REJECTED: " + "; ".join(gate.reasons)
+        forgetting = (
+            "" if gate.max_forgetting is None else f", forgetting ≤ {gate.max_forgetting:g}"
+        )
         fields.append(
             (
                 "gate",
                 f"{verdict} (new ≥ {gate.min_new_accuracy:g} %, old drop ≤ "
-                f"{gate.max_old_drop:g} points)",
+                f"{gate.max_old_drop:g}{forgetting} points)",
             )
         )
     return fields

@@ -98,6 +98,9 @@ class Gate(BaseModel):
     )
     min_new_accuracy: FiniteFloat = Field(description="new-class accuracy needed (percent)")
     max_old_drop: FiniteFloat = Field(description="old-class accuracy it may lose (points)")
+    max_forgetting: FiniteFloat | None = Field(
+        None, description="old-class accuracy among the old classes only it may lose (points)"
+    )
 
 
 class Evaluation(BaseModel):
@@ -116,6 +119,11 @@ class Evaluation(BaseModel):
     old_accuracy_serving: FiniteFloat | None = Field(
         None, description="the serving version's own accuracy on those images"
     )
+    old_accuracy_among_old: FiniteFloat | None = Field(
+        None,
+        description="the candidate on the same images choosing among the old classes only: "
+        "what it forgot, without its confusion with the new classes",
+    )
     per_class: dict[Text, ClassScore] = Field(default_factory=dict)
     gate: Gate | None = Field(None, description="the gate's verdict (none: activation 'auto')")
 
@@ -125,6 +133,14 @@ class Evaluation(BaseModel):
         if self.old_accuracy is None or self.old_accuracy_serving is None:
             return None
         return self.old_accuracy_serving - self.old_accuracy
+
+    @property
+    def forgetting(self) -> float | None:
+        """Points of old-class accuracy lost when the candidate chooses among the old classes
+        only (the rest of `old_drop` is confusion with the new classes)."""
+        if self.old_accuracy_among_old is None or self.old_accuracy_serving is None:
+            return None
+        return self.old_accuracy_serving - self.old_accuracy_among_old
 
 
 class ManifestDraft(BaseModel):

@@ -38,6 +38,7 @@ from learner.jobs.cli import (
     print_job,
     print_jobs,
     print_learned,
+    promotion_fields,
     train_overrides,
 )
 from learner.jobs.client import JobStatus
@@ -85,9 +86,8 @@ def _learn(args: argparse.Namespace) -> int:
         "parent": args.parent,
         "method": args.method,
         "train": train_overrides(args),
-        "activation": args.activation,
-        "gate_accuracy": args.gate_accuracy,
         "reason": args.reason,
+        **promotion_fields(args),
     }
     if args.key:
         fields["idempotency_key"] = args.key

@@ -28,6 +28,8 @@ from service.process_group import spawn_group, stop_group
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 FIRST_TASK = EXAMPLES / "fashion-mnist" / "task1"
+GOLDEN = EXAMPLES / "fashion-mnist" / "golden"
+"""Test-split images of the six example classes: the golden evaluation set of a new store."""
 FIRST_KEY = "janus-up-first-task"
 
 
@@ -98,6 +100,15 @@ def _learn_first(settings: JobSettings, redis_url: str) -> None:
     if final.state != "succeeded":
         raise RuntimeError(f"the first learn job {final.state}: {final.error}")
     print(f"janus: learned {final.version}")
+    from learner.jobs.evaluation import golden_set
+
+    info = golden_set(
+        open_store(settings.store_uri),
+        GOLDEN,
+        max_bytes=settings.max_dataset_bytes,
+        max_images=1000,
+    )
+    print(f"janus: attached {GOLDEN} as a golden evaluation set ({info.images} images)")
 
 
 def _banner(url: str, token: str, data_dir: Path) -> str:

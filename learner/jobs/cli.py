@@ -96,6 +96,14 @@ def print_job(job: JobStatus, *, as_json: bool) -> None:
     ]
     if job.version:
         fields.append(("version", job.version))
+    if job.result and job.result.get("evaluation"):
+        e, served = job.result["evaluation"], job.result.get("activated")
+        if job.rejected:
+            verdict = f"rejected, not serving: {job.rejected}"
+        else:
+            verdict = "passed" if e.get("passed") else "not applied"
+            verdict += ", serving" if served else ", not serving"
+        fields.append(("gate", verdict))
     if job.error:
         fields.append(("error", job.error.strip().replace("\n", " | ")))
     if job.progress:
@@ -114,6 +122,8 @@ def print_jobs(jobs: Sequence[JobStatus], *, as_json: bool) -> None:
     rows = [["JOB", "STATE", "SUBMITTED", "VERSION / PROGRESS / ERROR"]]
     for job in jobs:
         outcome = job.version or (_progress(job) if job.progress else shorten(job.error or "-", 60))
+        if job.version and job.rejected:
+            outcome += " (rejected by the gate)"
         rows.append([job.job_id, job.state, _when(job.submitted_at), outcome])
     print_table(rows)
 
@@ -121,7 +131,8 @@ def print_jobs(jobs: Sequence[JobStatus], *, as_json: bool) -> None:
 def print_learned(job: JobStatus, *, as_json: bool) -> int:
     """`janus learn`: the id of a queued job, or the finished job; 1 if it did not succeed.
 
-    `--json` prints one line, `{"job_id", "state", "version", "error"}`, in both cases.
+    `--json` prints one line, `{"job_id", "state", "version", "error", "rejected"}`, in both
+    cases.
     """
     if as_json:
         print(json.dumps(job.summary()))
@@ -282,6 +293,19 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return train
 
 
+def promotion_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The LearnRequest fields of `learn`'s activation and gate options."""
+    fields = {
+        "activation": args.activation,
+        "gate_accuracy": args.gate_accuracy,
+        "gate_max_old_drop": args.gate_max_old_drop,
+        "gate_max_forgetting": args.gate_max_forgetting,
+    }
+    if args.eval_per_class is not None:
+        fields["eval_per_class"] = args.eval_per_class
+    return fields
+
+
 def _learn(args: argparse.Namespace) -> int:
     settings = JobSettings.from_env()
     request = LearnRequest(
@@ -290,9 +314,8 @@ def _learn(args: argparse.Namespace) -> int:
         method=args.method,
         train=train_overrides(args),
         idempotency_key=args.key,
-        activation=args.activation,
-        gate_accuracy=args.gate_accuracy,
         reason=args.reason,
+        **promotion_fields(args),
     )
     app = _app(settings)
     job_id = submit(app, request)
@@ -420,18 +443,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=None,
         help="idempotency key: a repeated job with it publishes once (default: one per job)",
     )
+    defaults = LearnRequest.model_fields
     learn.add_argument(
         "--activation",
-        choices=["auto", "manual", "gate"],
-        default="auto",
-        help="auto: serve the new version; manual: don't; gate: if it passes --gate-accuracy",
+        choices=["gate", "manual", "auto"],
+        default=defaults["activation"].default,
+        help="gate: serve the new version if it passes the promotion gate (else it is published "
+        "as rejected); manual: serve nothing (still rejected if it fails the gate); auto: serve "
+        "it, no gate",
     )
     learn.add_argument(
         "--gate-accuracy",
         type=float,
-        default=50.0,
+        default=defaults["gate_accuracy"].default,
         metavar="PERCENT",
-        help="with --activation gate: held-out accuracy (%%) on the new classes needed",
+        help="gate: held-out accuracy (%%) on the new classes needed",
+    )
+    learn.add_argument(
+        "--gate-max-old-drop",
+        type=float,
+        default=defaults["gate_max_old_drop"].default,
+        metavar="POINTS",
+        help="gate: old-class accuracy it may lose against the serving version",
+    )
+    learn.add_argument(
+        "--gate-max-forgetting",
+        type=float,
+        default=defaults["gate_max_forgetting"].default,
+        metavar="POINTS",
+        help="gate: old-class accuracy it may lose choosing among the old classes only",
+    )
+    learn.add_argument(
+        "--eval-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="held-out images per new class kept as an evaluation set (0: none; default: "
+        "$JANUS_EVAL_PER_CLASS of the worker)",
     )
     learn.add_argument(
         "--epochs",

@@ -112,11 +112,18 @@ class LearnRequest(BaseModel):
         50.0, ge=0, le=100, description="gate: held-out accuracy (%) on the new classes needed"
     )
     gate_max_old_drop: float = Field(
-        5.0,
+        10.0,
         ge=0,
         le=100,
         description="gate: points of old-class accuracy the candidate may lose against the "
-        "serving version, on the evaluation sets",
+        "serving version, on the evaluation sets (forgetting and confusion with new classes)",
+    )
+    gate_max_forgetting: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="gate: points of old-class accuracy it may lose when choosing among the old "
+        "classes only (what it forgot)",
     )
     eval_per_class: int | None = Field(
         None,
@@ -166,12 +173,19 @@ class JobStatus(BaseModel):
     def final(self) -> bool:
         return self.state in FINAL
 
+    @property
+    def rejected(self) -> str | None:
+        """Why the promotion gate rejected the version this job published, if it did."""
+        reason = (self.result or {}).get("rejected")
+        return str(reason) if reason else None
+
     def summary(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
             "state": self.state,
             "version": self.version,
             "error": self.error,
+            "rejected": self.rejected,
         }
 
 

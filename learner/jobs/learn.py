@@ -4,9 +4,12 @@ Steps: validate the arguments; load the parent's state from the store; load and 
 (only new classes, enough images each, every image read at the model's side through the image
 path the service takes, `learner.data.images`); hold out part of it; learn the new classes as
 one continual-learning task (progress is the job's state: phase, epoch, step, loss, samples/s,
-ETA); evaluate on the held-out images; export the merged model to ONNX and check it against torch
-on held-out images; publish the version with its metrics and job id under the job's idempotency
-key; activate it by policy; announce the serving change on Redis.
+ETA); evaluate on the held-out images; keep a sample of them as an evaluation set and evaluate
+the candidate against the serving version (`learner.jobs.evaluation`: the promotion gate); export
+the merged model to ONNX and check it against torch on held-out images; publish the version with
+its metrics, evaluation and job id under the job's idempotency key; activate it by policy (a
+version the gate rejects is published as rejected and recorded in the serving log); announce the
+serving change on Redis.
 
 Redelivery is safe: a job whose idempotency key already names a version returns that version
 (finishing its activation if needed) without training, and a job delivered more than
@@ -328,9 +331,10 @@ def _evaluate(
     if serving is not None:
         against = build_model(load_state(store, serving)).to(result.model.device)
         serving_model = (store.get(serving), against)
-    thresholds = (
-        None if request.activation == "auto" else (request.gate_accuracy, request.gate_max_old_drop)
-    )
+    thresholds = None
+    if request.activation != "auto":
+        r = request
+        thresholds = (r.gate_accuracy, r.gate_max_old_drop, r.gate_max_forgetting)
     return evaluate_candidate(
         store,
         result.model,
@@ -371,6 +375,7 @@ def _result(
             "old_accuracy": e.old_accuracy,
             "old_accuracy_serving": e.old_accuracy_serving,
             "old_drop": e.old_drop,
+            "forgetting": e.forgetting,
             "passed": None if e.gate is None else e.gate.passed,
         },
     }

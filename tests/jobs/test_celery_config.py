@@ -45,21 +45,23 @@ def test_app_without_redis_says_how_to_get_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("new", "old", "old_serving", "passed"),
+    ("new", "old", "among_old", "serving", "passed"),
     [
-        (80.0, 90.0, 95.0, True),  # exactly at both thresholds
-        (79.9, 90.0, 95.0, False),  # new classes below
-        (80.0, 89.9, 95.0, False),  # lost 5.1 points
-        (99.0, 99.0, 95.0, True),  # gained on old classes
-        (80.0, None, None, True),  # nothing serves: only the new classes count
+        (80.0, 85.0, 90.0, 95.0, True),  # exactly at every threshold
+        (79.9, 85.0, 90.0, 95.0, False),  # new classes below
+        (80.0, 84.9, 90.0, 95.0, False),  # lost 10.1 points, forgot only 5
+        (80.0, 85.0, 89.9, 95.0, False),  # forgot 5.1 points
+        (99.0, 99.0, 99.0, 95.0, True),  # gained on old classes
+        (80.0, None, None, None, True),  # nothing serves: only the new classes count
     ],
 )
-def test_the_gate_needs_new_accuracy_and_bounds_the_old_drop(
-    new: float, old: float | None, old_serving: float | None, passed: bool
+def test_the_gate_needs_new_accuracy_and_bounds_the_old_drop_and_forgetting(
+    new: float, old: float | None, among_old: float | None, serving: float | None, passed: bool
 ) -> None:
-    verdict = gate("v0001", new, old, old_serving, min_new_accuracy=80.0, max_old_drop=5.0)
+    verdict = gate("v0001", new, (old, among_old, serving), 80.0, 10.0, 5.0)
     assert verdict.passed is passed
     assert bool(verdict.reasons) is not passed
+    assert (verdict.max_old_drop, verdict.max_forgetting) == (10.0, 5.0)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_the_gate_needs_new_accuracy_and_bounds_the_old_drop(
 )
 def test_activation_policy(activation: str, passed: bool, expected: bool) -> None:
     request = LearnRequest.model_validate({"dataset": "/d", "activation": activation})
-    verdict = gate(None, 90.0 if passed else 10.0, None, None, 50.0, 5.0)
+    verdict = gate(None, 90.0 if passed else 10.0, (None, None, None), 50.0, 10.0, 5.0)
     evaluation = Evaluation(against=None, gate=verdict)
     manifest = SimpleNamespace(rejected=None if passed else "; ".join(verdict.reasons))
     assert evaluation.gate is not None and evaluation.gate.passed is passed

@@ -96,7 +96,7 @@ def test_cli_learn_wait_jobs_cancel(job_env: JobEnv, digits: LabeledBatch, tmp_p
     done = _janus(job_env, *args)
     assert done.returncode == 0, done.stderr
     final = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(final) == {"job_id", "state", "version", "error"}
+    assert set(final) == {"job_id", "state", "version", "error", "rejected"}
     assert final["state"] == "succeeded" and final["error"] is None
     assert "staged" in done.stderr  # outside the allowed roots: copied into the store
     manifest = open_store(job_env.settings.store_uri).get(final["version"])

@@ -60,7 +60,9 @@ def test_a_job_that_forgets_old_classes_is_rejected_and_serving_does_not_change(
     assert rejected.rejected and rejected.evaluation and rejected.evaluation.gate
     ev = rejected.evaluation
     assert ev.against == v1.id and v1.evaluation.added[0] in ev.sets
-    assert ev.old_drop is not None and ev.old_drop > ev.gate.max_old_drop == 5.0
+    assert ev.old_drop is not None and ev.old_drop > ev.gate.max_old_drop == 10.0
+    assert ev.forgetting is not None and ev.forgetting > ev.gate.max_forgetting == 5.0
+    assert any("it forgot old classes" in reason for reason in ev.gate.reasons)
     assert ev.per_class["digit0"].serving_accuracy is not None
     assert ev.per_class["digit2"].serving_accuracy is None  # new: the serving version lacks it
     last = store.history()[-1]
@@ -82,7 +84,8 @@ def test_a_job_that_forgets_old_classes_is_rejected_and_serving_does_not_change(
     assert store.serving() == good.version
     v3 = store.get(str(good.version))
     assert v3.evaluation and v3.evaluation.gate and v3.evaluation.gate.passed
-    assert v3.evaluation.old_drop is not None and v3.evaluation.old_drop <= 5.0
+    assert v3.evaluation.old_drop is not None and v3.evaluation.old_drop <= 10.0
+    assert v3.evaluation.forgetting is not None and v3.evaluation.forgetting <= 5.0
     # the figures are what the two versions answer: recount the old classes' images by hand
     images, _ = evaluation_images(store, [v1.id], [], set(v1.classes))
     assert v3.evaluation.per_class["digit0"].images + v3.evaluation.per_class[

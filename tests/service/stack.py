@@ -87,6 +87,14 @@ class Server:
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
 
+    def client_put(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """An admin PUT with a JSON body."""
+        return httpx.put(f"{self.url}{path}", json=body, headers=self.admin, timeout=60)
+
+    def delete(self, path: str) -> httpx.Response:
+        """An admin DELETE."""
+        return httpx.delete(f"{self.url}{path}", headers=self.admin, timeout=60)
+
     def stop(self, timeout: float = 30.0) -> None:
         stop_group(self.process, timeout, linger_s=10.0)
 

@@ -438,6 +438,98 @@ def _png_file(stack: Stack, folder: Path) -> Path:
     return next((folder / "digit4").glob("*.png"))
 
 
+def _answers(store: Any, version: str, images: list[bytes]) -> list[str]:
+    """A version's top class for each image, from the model itself (no HTTP)."""
+    from learner.data.images import model_input, pixels
+    from service.runtime import load_version
+
+    model = load_version(store, version)
+    x = model_input([pixels(b, model.size, name="test") for b in images])
+    return [model.class_names[int(i)] for i in np.argmax(model.logits(x), axis=1)]
+
+
+def _metric_sum(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_pinned_requests_and_shadow_counts_across_workers(stack: Stack) -> None:
+    """Both workers: a pinned request answers with the pinned version while another serves, and
+    the shadow's counts in Redis agree with what the two versions answer."""
+    import redis
+
+    from adapters_store import open_store
+    from service.shadow import clear_counts, read_counts
+
+    _ensure_two_versions(stack)
+    server, store = stack.server, open_store(stack.jobs.settings.store_uri)
+    serving = store.serving()
+    pinned = next(v for v in reversed(store.version_ids()) if v != serving)
+    assert set(store.get(pinned).classes) != set(store.get(str(serving)).classes)
+    pool = [_image(stack.digits, label, n) for label in (0, 1, 2, 3) for n in range(3)]
+    theirs, ours = _answers(store, pinned, pool), _answers(store, str(serving), pool)
+    agree = next(b for b, t, o in zip(pool, theirs, ours, strict=True) if t == o)
+    differ = next(b for b, t, o in zip(pool, theirs, ours, strict=True) if t != o)
+
+    for _ in range(6):  # several connections: both workers load the pinned version
+        r = server.post(
+            "/classify", params={"version": pinned}, files=[("images", ("a.png", differ))]
+        )
+        assert r.status_code == 200 and r.json()["version"] == pinned, r.text
+        top = r.json()["results"][0]["predictions"][0]["label"]
+        assert top == _answers(store, pinned, [differ])[0]
+    assert _classify(server, stack.digits, 0)["version"] == serving  # serving did not change
+
+    client = redis.Redis.from_url(stack.jobs.env["JANUS_REDIS_URL"])
+    clear_counts(client, pinned)
+    r = server.client_put("/admin/shadow", {"version": pinned, "fraction": 1.0})
+    assert r.status_code == 200, r.text
+    time.sleep(2.5)  # every worker's hot-swap loop reads refs/shadow (JANUS_POLL_S=1)
+    before = server.get("/metrics").text
+    sent = {"agree": 0, "differ": 0}
+    for i in range(16):
+        kind = "agree" if i % 2 == 0 else "differ"
+        image = agree if kind == "agree" else differ
+        r = server.post("/classify", files=[("images", ("x.png", image))])
+        assert r.status_code == 200 and r.json()["version"] == serving, r.text
+        sent[kind] += 1
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = server.get("/metrics").text
+        done = sum(
+            _metric_sum(after, name, version=pinned) - _metric_sum(before, name, version=pinned)
+            for name in ("janus_shadow_images_total", "janus_shadow_skipped_total")
+        )
+        if done >= 16:
+            break
+        time.sleep(0.2)
+    assert done == 16  # every image was mirrored or counted as skipped
+    counts = read_counts(client, pinned).get(str(serving))
+    assert counts is not None and counts["images"] >= 1
+    a_class, d_class = _answers(store, str(serving), [agree, differ])
+    per_class = counts["per_class"]
+    if a_class in per_class:  # every mirrored copy of `agree` agreed
+        assert per_class[a_class]["agreed"] == per_class[a_class]["images"] <= sent["agree"]
+    if d_class in per_class and d_class != a_class:  # and no copy of `differ` did
+        assert per_class[d_class]["agreed"] == 0 < per_class[d_class]["images"] <= 8
+    mirrored = _metric_sum(after, "janus_shadow_images_total", version=pinned) - _metric_sum(
+        before, "janus_shadow_images_total", version=pinned
+    )
+    assert counts["images"] == mirrored  # Redis and Prometheus count the same images
+    shown = server.get(f"/admin/versions/{pinned}", headers=server.admin).json()
+    assert shown["shadow"][str(serving)]["images"] == counts["images"]
+    stack.notes["shadow"] = {"mirrored": mirrored, "skipped": 16 - mirrored}
+    print(f"\nshadow of {pinned} beside {serving}: {stack.notes['shadow']}, counts {counts}")
+    assert server.delete("/admin/shadow").status_code == 200
+    client.close()
+
+
 @pytest.mark.chaos
 def test_a_corrupt_serving_version_and_a_restart_fall_back_to_the_previous_one(
     stack: Stack,

@@ -78,3 +78,21 @@ def test_shadow_from_the_command_line(capsys: pytest.CaptureFixture[str], store:
     assert code == 0 and open_store(store).shadow() is None
     code, _, err = _run(capsys, "shadow", "v0001", "--fraction", "2", "--store", store)
     assert code == 1 and "fraction" in err
+
+
+def test_the_examples_golden_set_holds_test_images_of_the_six_example_classes(
+    tmp_path: Path,
+) -> None:
+    """What `janus up` attaches to a new store: never an image it learns from, nor a query."""
+    from learner.jobs.evaluation import golden_set
+    from service.up import EXAMPLES, FIRST_TASK, GOLDEN
+
+    info = golden_set(open_store(tmp_path / "store"), GOLDEN, max_bytes=1 << 24, max_images=1000)
+    assert info.kind == "golden" and set(info.classes.values()) == {30}
+    task2 = EXAMPLES / "fashion-mnist" / "task2"
+    assert set(info.classes) == {p.name for p in [*FIRST_TASK.iterdir(), *task2.iterdir()]}
+    seen = {
+        p.read_bytes() for d in (FIRST_TASK, task2, EXAMPLES / "images") for p in d.rglob("*.png")
+    }
+    kept = open_store(tmp_path / "store").evalsets.read(info.digest)
+    assert not seen & set(kept.images)
