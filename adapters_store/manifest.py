@@ -135,6 +135,13 @@ class Evaluation(BaseModel):
         return self.old_accuracy_serving - self.old_accuracy
 
     @property
+    def rejected(self) -> str | None:
+        """Why the gate rejected the candidate (None: it passed, or no gate was applied)."""
+        if self.gate is None or self.gate.passed:
+            return None
+        return "; ".join(self.gate.reasons) or "the gate rejected it"
+
+    @property
     def forgetting(self) -> float | None:
         """Points of old-class accuracy lost when the candidate chooses among the old classes
         only (the rest of `old_drop` is confusion with the new classes)."""
@@ -211,10 +218,7 @@ class Manifest(ManifestDraft):
     @property
     def rejected(self) -> str | None:
         """Why the gate rejected this version (None: it was not rejected)."""
-        gate = self.evaluation.gate if self.evaluation else None
-        if gate is None or gate.passed:
-            return None
-        return "; ".join(gate.reasons) or "the gate rejected it"
+        return self.evaluation.rejected if self.evaluation else None
 
     @property
     def accuracy(self) -> float | None:

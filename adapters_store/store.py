@@ -85,8 +85,9 @@ _ACTOR: TypeAdapter[str] = TypeAdapter(Text)
 _REASON: TypeAdapter[str] = TypeAdapter(Reason)
 
 
-SHADOW = "refs/shadow"
 QUARANTINE = "quarantine"
+LOADING = "loading"
+SHADOW = "refs/shadow"
 
 
 class Shadow(BaseModel):
@@ -100,8 +101,6 @@ class Shadow(BaseModel):
     reason: Reason = ""
     since: AwareDatetime
 
-
-LOADING = "loading"
 
 LoadCheck = Callable[[str, str], "str | None"]
 """(store uri, version) → why the version does not load, or None (`service.runtime`)."""

@@ -49,7 +49,7 @@ from adapters_store.cli import check_shadowed
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64, decode_images, open_images
-from service.pinned import Unservable
+from service.pinned import Busy, Unservable
 from service.runtime import LoadedModel, check_in_child
 from service.shadow import read_counts
 
@@ -342,6 +342,8 @@ async def _pinned_model(serving: Serving, version: str | None, alias: str | None
         return await run_in_threadpool(serving.pinned.get, wanted)
     except Unservable as err:
         raise HTTPException(409, f"{err}; ask for another version") from None
+    except Busy as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
 
 
 async def _classify(

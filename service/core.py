@@ -6,6 +6,7 @@ BentoML service (`service.service`) are thin shells around it.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import TYPE_CHECKING
 
 from anyio import CapacityLimiter
@@ -19,7 +20,7 @@ from service.metrics import ServiceMetrics, service_metrics
 from service.pinned import PinnedVersions
 from service.runtime import LoadedModel, load_version
 from service.shadow import Shadower
-from service.swap import HotSwapper
+from service.swap import HotSwapper, load_recorded
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -51,9 +52,10 @@ class Serving:
             redis_url=self.redis_url,
         )
         self.batcher = Batcher(self.metrics, self.settings.max_batch, self.settings.batch_wait_ms)
+        pinned_store = self._open_store()  # its own store object, like the swap thread's
         self.pinned = PinnedVersions(
-            self._open_store(),
-            self._load_pinned,
+            pinned_store,
+            partial(load_recorded, pinned_store, self._load_pinned),
             self.settings.pinned_versions,
             self.settings.poll_s,
         )

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -121,7 +122,7 @@ class Shadower:
             if version not in self._loading:  # load once, in the background
                 self._loading.add(version)
                 try:
-                    await to_thread.run_sync(self.pinned.get, version)
+                    await to_thread.run_sync(partial(self.pinned.get, version, wait=True))
                 except Exception as err:
                     log.warning("shadow version %s does not load: %s", version, err)
                 finally:

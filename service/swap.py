@@ -46,6 +46,35 @@ TRANSIENT = (OSError, StoreBusy, TimeoutError)
 """Load failures that may pass by themselves: retried, never quarantined."""
 
 
+def load_recorded(store: VersionStore, loader: Loader, version: str) -> LoadedModel:
+    """Loads a version unless it is quarantined, recording the load in the store while it runs;
+    quarantines it when the failure will not pass, or when its loads killed `CRASHED_LOADS`
+    processes. Every load of a worker goes through here: the swap's, and a pinned request's."""
+    reason = store.quarantined().get(version)
+    if reason is not None:
+        raise RuntimeError(f"quarantined: {reason}")
+    crashed = store.crashed_loads(version)
+    if crashed >= CRASHED_LOADS:
+        reason = f"its load ended {crashed} service worker processes"
+        store.quarantine(version, reason)
+        raise RuntimeError(f"quarantined: {reason}")
+    token = store.begin_load(version)
+    try:
+        model = loader(version)
+        with contextlib.suppress(StoreError, OSError):  # it loads: earlier deaths were not its
+            store.crashed_loads(version, forget=True)
+        return model
+    except TRANSIENT:
+        raise
+    except Exception as err:
+        with contextlib.suppress(StoreError, OSError):
+            store.quarantine(version, f"it does not load: {err}")
+        raise
+    finally:
+        with contextlib.suppress(StoreError, OSError):
+            store.end_load(version, token)
+
+
 @dataclass
 class SwapState:
     """What readiness reports: the serving model, and the last failure if any."""
@@ -146,32 +175,7 @@ class HotSwapper:
         self._install(target, model, time.monotonic() - start)
 
     def _load(self, version: str) -> LoadedModel:
-        """Loads a version unless it is quarantined, recording the load in the store while it
-        runs; quarantines it when the failure will not pass, or when its loads killed
-        `CRASHED_LOADS` processes."""
-        reason = self.store.quarantined().get(version)
-        if reason is not None:
-            raise RuntimeError(f"quarantined: {reason}")
-        crashed = self.store.crashed_loads(version)
-        if crashed >= CRASHED_LOADS:
-            reason = f"its load ended {crashed} service worker processes"
-            self.store.quarantine(version, reason)
-            raise RuntimeError(f"quarantined: {reason}")
-        token = self.store.begin_load(version)
-        try:
-            model = self.loader(version)
-            with contextlib.suppress(StoreError, OSError):  # it loads: earlier deaths were not its
-                self.store.crashed_loads(version, forget=True)
-            return model
-        except TRANSIENT:
-            raise
-        except Exception as err:
-            with contextlib.suppress(StoreError, OSError):
-                self.store.quarantine(version, f"it does not load: {err}")
-            raise
-        finally:
-            with contextlib.suppress(StoreError, OSError):
-                self.store.end_load(version, token)
+        return load_recorded(self.store, self.loader, version)
 
     def _fall_back(self, target: str) -> None:
         """Nothing serves and `target` does not load: serve the most recent version that served

@@ -189,7 +189,7 @@ def _reuse(
             f"idempotency key {existing.idempotency_key!r} already published {existing.id} from "
             "other data; use a new key for a new batch"
         )
-    if not _activate_by_policy(request, existing):
+    if not _activate_by_policy(request, existing.evaluation):
         return existing, False
     entry = store.activate_unless_served(
         existing.id, actor=request.actor, reason=request.reason or "learn job retry"
@@ -197,10 +197,10 @@ def _reuse(
     return existing, entry is not None
 
 
-def _activate_by_policy(request: LearnRequest, manifest: Manifest) -> bool:
-    """auto: always; gate: if the gate passed it; manual: never."""
+def _activate_by_policy(request: LearnRequest, evaluation: Evaluation | None) -> bool:
+    """auto: always; gate: unless the gate rejected it; manual: never."""
     if request.activation == "gate":
-        return manifest.rejected is None
+        return evaluation is None or evaluation.rejected is None
     return request.activation == "auto"
 
 
@@ -286,9 +286,7 @@ def _train_and_publish(
     onnx = export_onnx(model, result.state.class_names)
     held_out = prepare(to_uint8_tensor(checked.images), side)
     metrics["onnx_max_rel_diff"] = check_onnx(model, onnx, held_out, tol=1e-4)
-    activate = request.activation == "auto" or (
-        request.activation == "gate" and evaluation.gate is not None and evaluation.gate.passed
-    )
+    activate = _activate_by_policy(request, evaluation)
     report.phase("publish")
     manifest = publish_state(
         store,

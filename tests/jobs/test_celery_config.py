@@ -4,7 +4,6 @@ services)."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -72,6 +71,5 @@ def test_activation_policy(activation: str, passed: bool, expected: bool) -> Non
     request = LearnRequest.model_validate({"dataset": "/d", "activation": activation})
     verdict = gate(None, 90.0 if passed else 10.0, (None, None, None), 50.0, 10.0, 5.0)
     evaluation = Evaluation(against=None, gate=verdict)
-    manifest = SimpleNamespace(rejected=None if passed else "; ".join(verdict.reasons))
-    assert evaluation.gate is not None and evaluation.gate.passed is passed
-    assert _activate_by_policy(request, manifest) is expected  # type: ignore[arg-type]
+    assert (evaluation.rejected is None) is passed
+    assert _activate_by_policy(request, evaluation) is expected

@@ -5,9 +5,11 @@ real Redis."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,10 @@ from prometheus_client import REGISTRY
 from learner.data import LabeledBatch
 from learner.data.images import model_input, pixels
 from learner.jobs.redis_embedded import EmbeddedRedis
-from service.runtime import load_version
+from service.pinned import Busy, PinnedVersions
+from service.runtime import LoadedModel, load_version
 from service.shadow import clear_counts, read_counts
+from service.swap import load_recorded
 from tests.service.conftest import ADMIN, Api, make_api, png
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -152,3 +156,39 @@ def test_shadow_counts_agree_with_what_the_two_versions_answer(
     r = own_api.client.delete("/admin/shadow", headers=AUTH)
     assert r.status_code == 200 and own_api.store.shadow() is None
     client.close()
+
+
+def test_a_worker_loads_one_pinned_version_at_a_time_and_keeps_a_few(own_api: Api) -> None:
+    store = own_api.store
+    started, release = threading.Event(), threading.Event()
+
+    def slow(version: str) -> LoadedModel:  # the real load, held until the test releases it
+        started.set()
+        release.wait(10)
+        return load_version(store, version)
+
+    pinned = PinnedVersions(store, partial(load_recorded, store, slow), size=1, alias_ttl_s=1)
+    first = threading.Thread(target=pinned.get, args=("v0001",))
+    first.start()
+    assert started.wait(10)
+    with pytest.raises(Busy):  # a second load meanwhile is refused, not queued
+        pinned.get("v0003")
+    release.set()
+    first.join(10)
+    assert pinned.cached("v0001") is not None
+    assert pinned.get("v0003").version == "v0003"  # size 1: v0001 makes way
+    assert pinned.cached("v0001") is None
+
+
+def test_a_pinned_version_that_does_not_load_is_refused_and_quarantined(
+    own_api: Api, digits: LabeledBatch
+) -> None:
+    onnx = own_api.store._backend._abs("versions/v0001/model.onnx")  # type: ignore[attr-defined]
+    Path(onnx).write_bytes(Path(onnx).read_bytes()[:1000])
+    files = [("images", ("a.png", _images(digits, 1)[0], "image/png"))]
+    r = own_api.client.post("/classify", files=files, params={"version": "v0001"})
+    assert r.status_code == 409 and "does not serve" in r.json()["detail"], r.text
+    assert "v0001" in own_api.store.quarantined(), r.text
+    r = own_api.client.post("/classify", files=files, params={"version": "v0001"})
+    assert r.status_code == 409 and "quarantined" in r.json()["detail"]
+    assert _classify(own_api, _images(digits, 1))["version"] == "v0002"  # serving is untouched
