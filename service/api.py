@@ -13,6 +13,7 @@
     GET  /admin/aliases;  PUT, DELETE /admin/aliases/NAME
     GET, PUT, DELETE /admin/shadow     the version shadowing the serving one, and its counts
     GET  /admin/evalsets;  POST /admin/evalsets (a golden set: an archive in `dataset`)
+    /v2/...                            the Open Inference Protocol (`service.v2`)
 
 Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
 `$JANUS_CLASSIFY_TOKEN` (or the admin token) when that is set. Missing token → 401, wrong → 403.
@@ -20,25 +21,20 @@ Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
 
 import hashlib
 import json
-import secrets
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from adapters_store import (
-    InvalidName,
     NotFound,
     NothingToRollBack,
     Quarantined,
@@ -47,11 +43,13 @@ from adapters_store import (
 )
 from adapters_store.cli import check_shadowed
 from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
+from service import inference
+from service.auth import Credentials, check, check_classify
 from service.core import NoQueue, Serving
-from service.images import ImageError, decode_base64, decode_images, open_images
-from service.pinned import Busy, Unservable
-from service.runtime import LoadedModel, check_in_child
+from service.images import ImageError, decode_base64
+from service.runtime import check_in_child
 from service.shadow import read_counts
+from service.v2 import create_v2
 
 GetServing = Callable[[], Serving]
 
@@ -115,27 +113,6 @@ class LearnAccepted(BaseModel):
     job_id: str
     state: str
     dataset: str
-
-
-_bearer = HTTPBearer(auto_error=False)
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def _check(creds: HTTPAuthorizationCredentials | None, tokens: list[str], what: str) -> None:
-    if creds is None:
-        raise HTTPException(
-            401,
-            f"{what} needs `Authorization: Bearer <token>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not any(secrets.compare_digest(creds.credentials.encode(), t.encode()) for t in tokens):
-        raise HTTPException(403, f"the bearer token is not valid for {what}")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)  # (B, C)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _top(probs: np.ndarray, names: tuple[str, ...], k: int) -> list[ImageResult]:
@@ -263,19 +240,13 @@ def create_api(get_serving: GetServing) -> FastAPI:
     Svc = Annotated[Serving, Depends(get_serving)]
 
     def classify_auth(serving: Svc, creds: Credentials) -> None:
-        s = serving.settings
-        if s.classify_token is None:
-            return
-        tokens = [s.classify_token.get_secret_value()]
-        if s.admin_token is not None:
-            tokens.append(s.admin_token.get_secret_value())
-        _check(creds, tokens, "classify")
+        check_classify(serving.settings, creds, "classify")
 
     def admin_auth(request: Request, serving: Svc, creds: Credentials) -> None:
         tokens = serving.settings.admin_tokens(request.method)
         if not tokens:
             raise HTTPException(403, "the admin API is off: set JANUS_ADMIN_TOKEN to enable it")
-        _check(creds, tokens, "the admin API")
+        check(creds, tokens, "the admin API")
 
     @app.exception_handler(ImageError)
     async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
@@ -308,42 +279,12 @@ def create_api(get_serving: GetServing) -> FastAPI:
         version: str | None = None,
         alias: str | None = None,
     ) -> Any:
-        start = time.perf_counter()
-        if serving.inflight >= serving.settings.max_inflight:  # before reading the body
-            serving.metrics.requests.labels(version="none", status="503").inc()
-            raise HTTPException(
-                503,
-                f"this worker holds {serving.inflight} classify requests, its limit "
-                "(JANUS_MAX_INFLIGHT); retry in a second",
-                headers={"Retry-After": "1"},
-            )
-        serving.inflight += 1
-        try:
+        async with inference.admitted(serving) as start:  # before the body is read
             return await _classify(request, serving, top_k, start, version, alias)
-        finally:
-            serving.inflight -= 1
 
     app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
+    app.include_router(create_v2(get_serving))
     return app
-
-
-async def _pinned_model(serving: Serving, version: str | None, alias: str | None) -> LoadedModel:
-    """The model of the version a request names (by id or alias), loaded if need be."""
-    try:
-        wanted = await run_in_threadpool(serving.pinned.resolve, version, alias)
-    except NotFound as err:
-        raise HTTPException(404, str(err)) from None
-    except (InvalidName, ValueError) as err:
-        raise HTTPException(422, str(err)) from None
-    current = serving.model
-    if current is not None and current.version == wanted:
-        return current
-    try:
-        return await run_in_threadpool(serving.pinned.get, wanted)
-    except Unservable as err:
-        raise HTTPException(409, f"{err}; ask for another version") from None
-    except Busy as err:
-        raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
 
 
 async def _classify(
@@ -358,52 +299,23 @@ async def _classify(
     one of the worker's decode slots), infer in the batcher (with the serving version, or the one
     the request names); then maybe mirror it to the shadowed version."""
     pinned = version is not None or alias is not None
-    s, model = serving.settings, None
+    s = serving.settings
     try:
         data, body_k = await _read_images(request, serving)
         k = next((v for v in (body_k, top_k) if v is not None), 5)
         if not 1 <= k <= s.max_top_k:
             raise HTTPException(422, f"top_k must be between 1 and {s.max_top_k}, got {k}")
-        if not data:
-            raise HTTPException(400, "no images: send files in the multipart field `images`")
-        if len(data) > s.max_images:
-            raise HTTPException(
-                413, f"{len(data)} images in one request; the limit is {s.max_images}"
-            )
-        # this request's version, whatever swaps meanwhile
-        model = await _pinned_model(serving, version, alias) if pinned else serving.model
-        if model is None:
-            raise HTTPException(503, "no version loaded yet; see GET /readyz")
-        opened = await run_in_threadpool(
-            partial(
-                open_images,
-                data,
-                model.size,
-                formats=s.image_formats,
-                max_pixels=s.max_pixels,
-                max_request_pixels=s.max_request_pixels,
-                max_frames=s.max_frames,
-            )
-        )
-        # large requests take turns in the decode slots; small ones never wait behind them
-        slots = serving.decode_slots() if opened.pixels > s.small_request_pixels else None
-        x = await to_thread.run_sync(decode_images, opened, model.size, limiter=slots)
-        logits = await serving.batcher.logits(model, x)
+        inference.check_count(serving, len(data), "send files in the multipart field `images`")
+        model = await inference.model_for(serving, version, alias)
+        x = await inference.decode(serving, data, model)
+        logits = await inference.run(serving, model, x, pinned)
         answer = ClassifyResponse(
-            version=model.version, results=_top(_softmax(logits), model.class_names, k)
+            version=model.version, results=_top(inference.softmax(logits), model.class_names, k)
         )
-        shadow = serving.swapper.state.shadow
-        if shadow is not None and not pinned:  # off the request path: a background task
-            answered = [model.class_names[int(i)] for i in np.argmax(logits, axis=1)]
-            serving.shadow.mirror(shadow.version, shadow.fraction, model, x, answered)
-    except (HTTPException, ImageError) as err:
-        code = err.status_code if isinstance(err, HTTPException) else err.status
-        serving.metrics.requests.labels(version="none", status=str(code)).inc()
+    except inference.FAILURES as err:
+        inference.count_failure(serving, err)
         raise
-    version = model.version
-    serving.metrics.requests.labels(version=version, status="200").inc()
-    serving.metrics.images.labels(version=version).inc(len(data))
-    serving.metrics.latency.labels(version=version).observe(time.perf_counter() - start)
+    inference.count_success(serving, model.version, len(data), start)
     return answer
 
 

@@ -192,3 +192,14 @@ def test_a_pinned_version_that_does_not_load_is_refused_and_quarantined(
     r = own_api.client.post("/classify", files=files, params={"version": "v0001"})
     assert r.status_code == 409 and "quarantined" in r.json()["detail"]
     assert _classify(own_api, _images(digits, 1))["version"] == "v0002"  # serving is untouched
+
+
+def test_the_openapi_document_lists_pinning_aliases_shadow_and_the_v2_routes(api: Api) -> None:
+    spec = api.client.get("/api/openapi.json").json()
+    classify = {p["name"] for p in spec["paths"]["/classify"]["post"]["parameters"]}
+    assert {"version", "alias", "top_k"} <= classify
+    for path in ("/admin/aliases/{name}", "/admin/shadow", "/admin/evalsets"):
+        assert path in spec["paths"], path
+    assert "min_shadowed" in str(spec["components"]["schemas"]["ActivateBody"])
+    infer = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert "application/octet-stream" in infer["requestBody"]["content"]
