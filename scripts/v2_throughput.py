@@ -12,6 +12,7 @@ runs/v2-throughput/results.json.
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import struct
@@ -84,22 +85,39 @@ CLIENTS = {"classify": _classify, "v2 (httpx)": _v2_httpx, "v2 (tritonclient)": 
 
 
 def _rate(make: Callable[[], Callable[[], None]], requests: int, concurrency: int) -> float:
-    calls = [make() for _ in range(concurrency)]
-    for call in calls:  # warm: connections and the first request of each
-        call()
+    """Requests/s of `concurrency` threads, each with its own client made and warmed in that
+    thread (tritonclient's gevent client must stay in the thread that made it)."""
     share = requests // concurrency
+    ready = threading.Barrier(concurrency + 1)
+    failures: list[BaseException] = []
 
-    def worker(call: Callable[[], None]) -> None:
-        for _ in range(share):
-            call()
+    def worker() -> None:
+        try:
+            call = make()
+            call()  # warm: the connection and a first request
+        except BaseException as err:
+            failures.append(err)
+            ready.abort()
+            return
+        ready.wait()
+        try:
+            for _ in range(share):
+                call()
+        except BaseException as err:
+            failures.append(err)
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in calls]
-    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a client failed: reported below
+        ready.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
-    return share * concurrency / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"a client failed: {failures[0]!r}")
+    return share * concurrency / elapsed
 
 
 def main() -> int:
