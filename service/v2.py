@@ -265,50 +265,54 @@ def _top_k(request: InferRequest, serving: Serving, classes: int) -> int:
     return min(k, classes)
 
 
+def _values(
+    out: Requested, request: InferRequest, serving: Serving, names: Sequence[str], probs: np.ndarray
+) -> tuple[np.ndarray | list[bytes], list[int]]:
+    """One requested output's values (an FP32 array, or BYTES items) and its shape."""
+    order = np.argsort(-probs, axis=1)  # (N, C) best first
+    classification = out.parameters.get("classification")
+    if classification is not None:  # the classification extension: "score:index:label"
+        if not isinstance(classification, int) or isinstance(classification, bool):
+            raise HTTPException(422, "parameters.classification must be an integer")
+        k = max(1, min(classification, len(names)))
+        items = [
+            f"{probs[i, j]:f}:{j}:{names[j]}".encode()
+            for i in range(len(probs))
+            for j in order[i, :k]
+        ]
+        return items, [len(probs), k]
+    if out.name == "probabilities":
+        return probs.astype("<f4"), list(probs.shape)
+    if out.name == "labels":
+        k = _top_k(request, serving, len(names))
+        return [names[j].encode() for row in order[:, :k] for j in row], [len(probs), k]
+    raise HTTPException(
+        400, f"unknown output {out.name!r}; this model has 'probabilities' and 'labels'"
+    )
+
+
 def _outputs(
     request: InferRequest, serving: Serving, model: LoadedModel, probs: np.ndarray
 ) -> tuple[dict[str, Any], bytes]:
-    """The response's JSON and binary part."""
-    names = model.class_names
+    """The response's JSON and its binary part."""
     wanted = request.outputs or [Requested(name="probabilities"), Requested(name="labels")]
-    order = np.argsort(-probs, axis=1)  # (N, C) best first
     everything_binary = request.parameters.get("binary_data_output") is True
     tensors, blobs = [], []
     for out in wanted:
-        if out.name not in ("probabilities", "labels"):
-            raise HTTPException(
-                400, f"unknown output {out.name!r}; this model has 'probabilities' and 'labels'"
-            )
-        classification = out.parameters.get("classification")
-        if classification is not None:
-            if not isinstance(classification, int) or isinstance(classification, bool):
-                raise HTTPException(422, "parameters.classification must be an integer")
-            k = max(1, min(classification, len(names)))
-            rows = [
-                [f"{probs[i, j]:f}:{j}:{names[j]}".encode() for j in order[i, :k]]
-                for i in range(len(probs))
-            ]
-            datatype, shape, values = "BYTES", [len(probs), k], [v for r in rows for v in r]
-        elif out.name == "probabilities":
-            datatype, shape = "FP32", list(probs.shape)
-            values = probs.astype("<f4")  # type: ignore[assignment]
-        else:
-            k = _top_k(request, serving, len(names))
-            values = [names[j].encode() for row in order[:, :k] for j in row]
-            datatype, shape = "BYTES", [len(probs), k]
+        values, shape = _values(out, request, serving, model.class_names, probs)
+        datatype = "FP32" if isinstance(values, np.ndarray) else "BYTES"
         tensor: dict[str, Any] = {"name": out.name, "datatype": datatype, "shape": shape}
         if everything_binary or out.parameters.get("binary_data") is True:
-            blob = (
-                np.ascontiguousarray(values).tobytes()
-                if datatype == "FP32"
-                else _bytes_tensor(values)  # type: ignore[arg-type]
-            )
+            if isinstance(values, np.ndarray):
+                blob = np.ascontiguousarray(values).tobytes()
+            else:
+                blob = _bytes_tensor(values)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif datatype == "FP32":
-            tensor["data"] = [float(v) for v in np.asarray(values).ravel()]
+        elif isinstance(values, np.ndarray):
+            tensor["data"] = [float(v) for v in values.ravel()]
         else:
-            tensor["data"] = [v.decode() for v in values]  # type: ignore[union-attr]
+            tensor["data"] = [v.decode() for v in values]
         tensors.append(tensor)
     body: dict[str, Any] = {"model_name": MODEL, "model_version": model.version}
     if request.id is not None:
