@@ -1,9 +1,11 @@
 """One published version, loaded for inference: ONNX Runtime, or torch when it has no ONNX file.
 
-`load_version` reads every file of the version through the store (each checked against its
-manifest digest), builds the session (providers CUDA then CPU, intra-op threads per worker), checks
-the class names against the manifest and warms the model with a batch, so a version that loads is
-known to answer.
+`load_version` reads what serving needs through the store, each file checked against its
+manifest digest: the manifest and `model.onnx` for ONNX Runtime (the adapters, head, subspace
+state and prototypes are the learner's, tens of MB it never reads), every file for torch (which
+rebuilds the model from them). It builds the session (providers CUDA then CPU, intra-op threads
+per worker), checks the class names against the manifest and warms the model with a batch, so a
+version that loads is known to answer.
 """
 
 from __future__ import annotations
@@ -114,13 +116,15 @@ def _torch(store: VersionStore, version: str, threads: int) -> LoadedModel:
 def load_version(
     store: VersionStore, version: str, *, engine: Engine = "auto", threads: int = 1
 ) -> LoadedModel:
-    """Verifies, loads and warms a version; raises with the reason if it cannot serve."""
-    manifest = store.verify_version(version)  # every file against its sha256
+    """Verifies what serving reads, loads and warms a version; raises with the reason if it
+    cannot serve."""
+    manifest = store.get(version)  # its own digest checked
     if engine == "onnx" and ONNX not in manifest.files:
         raise ValueError(f"version {version} has no {ONNX} and JANUS_ENGINE=onnx")
     if engine != "torch" and ONNX in manifest.files:
-        model = _onnx(version, store.read_bytes(version, ONNX), threads)
+        model = _onnx(version, store.read_bytes(version, ONNX), threads)  # size and sha256 checked
     else:
+        store.verify_version(version)  # torch rebuilds the model from every file
         model = _torch(store, version, threads)
     if list(model.class_names) != list(manifest.classes):
         raise ValueError(

@@ -203,3 +203,21 @@ def test_the_openapi_document_lists_pinning_aliases_shadow_and_the_v2_routes(api
     assert "min_shadowed" in str(spec["components"]["schemas"]["ActivateBody"])
     infer = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
     assert "application/octet-stream" in infer["requestBody"]["content"]
+
+
+def test_serving_reads_only_the_manifest_and_the_onnx_model(own_api: Api) -> None:
+    """A damaged learner file (the subspace state, the largest) does not stop ONNX serving,
+    which never reads it; torch, which rebuilds the model from every file, refuses it; and
+    `janus verify` still names it."""
+    from adapters_store import IntegrityError, verify_store
+    from adapters_store.manifest import SUBSPACE
+
+    store = own_api.store
+    path = Path(store._backend._abs(f"versions/v0001/{SUBSPACE}"))  # type: ignore[attr-defined]
+    path.write_bytes(b"x" + path.read_bytes()[1:])
+    model = load_version(store, "v0001")
+    assert model.version == "v0001" and model.engine.startswith("onnxruntime")
+    with pytest.raises(IntegrityError, match=SUBSPACE):
+        load_version(store, "v0001", engine="torch")
+    problems = verify_store(store).problems
+    assert [(p.version, p.file) for p in problems] == [("v0001", SUBSPACE)]
