@@ -13,7 +13,7 @@ from typing import Literal
 from adapters_store import paths
 from adapters_store._backend import Backend
 from adapters_store._crash import crash_point
-from adapters_store.audit import LOG, SERVING, AuditEntry, complete_prefix, decode_log
+from adapters_store.audit import LOG, SERVING, AuditEntry, append_line, decode_log
 from adapters_store.errors import IntegrityError, NothingToRollBack
 from adapters_store.settings import StoreSettings
 
@@ -77,7 +77,7 @@ class ServingPointer:
                 from_=current,
                 to=version_id,
             )
-            self._append(log, entry)
+            append_line(self._backend, LOG, entry.to_line(), log)
             return entry
 
     def move_unless_served(self, version_id: str, actor: str, reason: str) -> AuditEntry | None:
@@ -121,15 +121,10 @@ class ServingPointer:
             to=version_id,
             forced=forced,
         )
-        self._append(log, entry)
+        append_line(self._backend, LOG, entry.to_line(), log)
         crash_point("before_pointer")
         self._backend.write(SERVING, f"{version_id}\n".encode())
         return entry
-
-    def _append(self, log: bytes, entry: AuditEntry) -> None:
-        if not log.endswith(b"\n") and log:  # a crash tore the last append: drop it
-            self._backend.write(LOG, complete_prefix(log))
-        self._backend.append(LOG, entry.to_line())
 
 
 def moves(entries: list[AuditEntry]) -> list[AuditEntry]:

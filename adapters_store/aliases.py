@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from adapters_store import paths
 from adapters_store._backend import Backend
-from adapters_store.audit import Reason, complete_prefix
+from adapters_store.audit import Reason, append_line, decode_lines
 from adapters_store.errors import IntegrityError, InvalidName, NotFound
 from adapters_store.manifest import Text, VersionId
 from adapters_store.settings import StoreSettings
@@ -100,13 +100,7 @@ class Aliases:
                 from_=current,
                 to=version_id,
             )
-            try:
-                log = self._backend.read(LOG)
-            except FileNotFoundError:
-                log = b""
-            if log and not log.endswith(b"\n"):  # a crash tore the last append: drop it
-                self._backend.write(LOG, complete_prefix(log))
-            self._backend.append(LOG, entry.model_dump_json(by_alias=True).encode() + b"\n")
+            append_line(self._backend, LOG, entry.model_dump_json(by_alias=True).encode() + b"\n")
             if version_id is None:
                 self._backend.delete(path)
             else:
@@ -114,15 +108,8 @@ class Aliases:
             return entry
 
     def history(self) -> list[AliasEntry]:
-        """Every alias change, oldest first (a torn last line is ignored)."""
+        """Every alias change, oldest first."""
         try:
-            raw = self._backend.read(LOG)
+            return decode_lines(self._backend.read(LOG), AliasEntry, LOG)
         except FileNotFoundError:
             return []
-        out = []
-        for number, line in enumerate(raw.split(b"\n")[:-1], start=1):
-            try:
-                out.append(AliasEntry.model_validate_json(line))
-            except ValidationError as err:
-                raise IntegrityError(None, LOG, f"line {number} does not parse ({err})") from None
-        return out

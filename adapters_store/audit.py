@@ -4,10 +4,11 @@ the version that kept serving; the pointer does not move)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from adapters_store._backend import Backend
 from adapters_store.errors import IntegrityError
 from adapters_store.manifest import Text, VersionId, plain_text
 
@@ -15,6 +16,7 @@ LOG = "log/serving.jsonl"
 SERVING = "refs/serving"
 
 Reason = Annotated[str, Field(max_length=2000), AfterValidator(plain_text)]
+Line = TypeVar("Line", bound=BaseModel)
 
 
 class AuditEntry(BaseModel):
@@ -39,21 +41,31 @@ class AuditEntry(BaseModel):
         return self.model_dump_json(by_alias=True).encode() + b"\n"
 
 
-def decode_log(raw: bytes) -> list[AuditEntry]:
-    """Parses the log. A torn last line (a crash mid-append, no final newline) is ignored."""
-    lines = raw.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
+def decode_lines(raw: bytes, model: type[Line], path: str) -> list[Line]:
+    """Parses a JSON-lines log of `model` entries. A torn last line (a crash mid-append, no final
+    newline) is ignored: an incomplete write, never acknowledged to its caller."""
     entries = []
-    for number, line in enumerate(complete, start=1):
+    for number, line in enumerate(raw.split(b"\n")[:-1], start=1):
         try:
-            entries.append(AuditEntry.model_validate_json(line))
+            entries.append(model.model_validate_json(line))
         except ValidationError as err:
-            raise IntegrityError(None, LOG, f"line {number} does not parse ({err})") from None
-    del tail  # incomplete write, never acknowledged to its caller
+            raise IntegrityError(None, path, f"line {number} does not parse ({err})") from None
     return entries
 
 
-def complete_prefix(raw: bytes) -> bytes:
-    """The log up to its last newline (drops a torn tail before the next append)."""
-    cut = raw.rfind(b"\n")
-    return raw[: cut + 1]
+def decode_log(raw: bytes) -> list[AuditEntry]:
+    """Parses the serving log."""
+    return decode_lines(raw, AuditEntry, LOG)
+
+
+def append_line(backend: Backend, path: str, line: bytes, log: bytes | None = None) -> None:
+    """Appends one line to a log whose bytes are `log` (read here if not given), first dropping a
+    torn last line left by a crash mid-append; the caller holds the log's lock."""
+    if log is None:
+        try:
+            log = backend.read(path)
+        except FileNotFoundError:
+            log = b""
+    if log and not log.endswith(b"\n"):
+        backend.write(path, log[: log.rfind(b"\n") + 1])
+    backend.append(path, line)
