@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from adapters_store import (
     NotFound,
@@ -531,23 +531,36 @@ def _check_shadowed(serving: Serving, version: str, images: int, agreement: floa
         raise HTTPException(503 if counts is None else 409, problem)
 
 
+async def _upload(request: Request, max_fields: int, hint: str) -> tuple[FormData, UploadFile]:
+    """A multipart admin request's form and its file `dataset`."""
+    try:
+        form = await request.form(max_files=1, max_fields=max_fields)
+    except Exception as err:  # starlette raises its own MultiPartException / HTTPException
+        raise HTTPException(400, f"invalid multipart body: {err}") from None
+    upload = form.get("dataset")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, f"put {hint} in the file `dataset`")
+    return form, upload
+
+
+async def _receive(upload: UploadFile, path: Path, digest: Any = None) -> None:
+    """The upload to disk a chunk at a time (hashed on the way into `digest`, if given)."""
+    with open(path, "wb") as out:
+        while chunk := await upload.read(1 << 20):
+            if digest is not None:
+                digest.update(chunk)
+            out.write(chunk)
+
+
 async def _golden_upload(request: Request, serving: Serving) -> dict[str, Any]:
     from learner.data import DataError
     from learner.jobs.evaluation import golden_set
 
-    try:
-        form = await request.form(max_files=1, max_fields=2)
-    except Exception as err:
-        raise HTTPException(400, f"invalid multipart body: {err}") from None
-    upload = form.get("dataset")
-    if not isinstance(upload, UploadFile):
-        raise HTTPException(400, "put the archive (zip, tar, tar.gz) of class folders in `dataset`")
+    _, upload = await _upload(request, 2, "the archive (zip, tar, tar.gz) of class folders")
     suffix = "".join(Path(upload.filename or "set.tar.gz").suffixes[-2:])
     with tempfile.TemporaryDirectory(prefix="janus-evalset-") as tmp:
         path = Path(tmp) / f"golden{suffix}"
-        with open(path, "wb") as out:
-            while chunk := await upload.read(1 << 20):
-                out.write(chunk)
+        await _receive(upload, path)
         try:
             info = await run_in_threadpool(
                 partial(
@@ -567,13 +580,7 @@ async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, 
     """A multipart learn request: the archive staged in the store, and the other fields."""
     from learner.jobs.intake import stage_dataset
 
-    try:
-        form = await request.form(max_files=1, max_fields=4)
-    except Exception as err:
-        raise HTTPException(400, f"invalid multipart body: {err}") from None
-    upload = form.get("dataset")
-    if not isinstance(upload, UploadFile):
-        raise HTTPException(400, "put the archive (zip, tar, tar.gz, npz) in the file `dataset`")
+    form, upload = await _upload(request, 4, "the archive (zip, tar, tar.gz, npz)")
     raw = form.get("request")
     try:
         fields = json.loads(str(raw)) if raw else {}
@@ -583,10 +590,7 @@ async def _staged_upload(request: Request, serving: Serving) -> tuple[dict[str, 
         raise HTTPException(422, "field `request` must be a JSON object of LearnRequest fields")
     with tempfile.TemporaryDirectory(prefix="janus-upload-") as tmp:
         path, digest = Path(tmp) / "dataset", hashlib.sha256()
-        with open(path, "wb") as out:  # to disk a chunk at a time, hashed on the way
-            while chunk := await upload.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
+        await _receive(upload, path, digest)
         ref = await run_in_threadpool(
             stage_dataset, path, serving.jobs.store_uri, digest=digest.hexdigest()
         )

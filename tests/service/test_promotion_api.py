@@ -221,3 +221,28 @@ def test_serving_reads_only_the_manifest_and_the_onnx_model(own_api: Api) -> Non
         load_version(store, "v0001", engine="torch")
     problems = verify_store(store).problems
     assert [(p.version, p.file) for p in problems] == [("v0001", SUBSPACE)]
+
+
+def test_a_golden_set_uploaded_as_an_archive_is_kept(
+    own_api: Api, digits: LabeledBatch, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    from learner.data import write_class_folders
+
+    picks = np.concatenate([np.nonzero(digits.labels == c)[0][:2] for c in (0, 1)])
+    folder = write_class_folders(
+        digits.subset(picks).select_classes(["digit0", "digit1"]), tmp_path / "golden"
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(folder, arcname="golden")
+    files = {"dataset": ("golden.tar.gz", buf.getvalue(), "application/gzip")}
+    r = own_api.client.post("/admin/evalsets", files=files, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["kind"] == "golden" and r.json()["classes"] == {"digit0": 2, "digit1": 2}
+    listed = own_api.client.get("/admin/evalsets", headers=AUTH).json()
+    assert [s["digest"] for s in listed] == [r.json()["digest"]]
+    r = own_api.client.post("/admin/evalsets", data={"x": "1"}, headers=AUTH)
+    assert r.status_code == 400 and "`dataset`" in r.json()["detail"]
