@@ -43,9 +43,10 @@ class Serving:
         self.jobs = jobs or JobSettings.from_env()
         self.metrics = metrics or service_metrics()
         self.store = self._open_store()
+        swap_store = self._open_store()  # the swap thread's own store object
         self.swapper = HotSwapper(
-            self._open_store(),  # the swap thread's own store object
-            self._load,
+            swap_store,
+            partial(self._load, swap_store),
             self.metrics,
             poll_s=self.settings.poll_s,
             retry_failed_s=self.settings.retry_failed_s,
@@ -55,7 +56,7 @@ class Serving:
         pinned_store = self._open_store()  # its own store object, like the swap thread's
         self.pinned = PinnedVersions(
             pinned_store,
-            partial(load_recorded, pinned_store, self._load_pinned),
+            partial(load_recorded, pinned_store, partial(self._load, pinned_store)),
             self.settings.pinned_versions,
             self.settings.poll_s,
         )
@@ -75,20 +76,9 @@ class Serving:
     def _open_store(self) -> VersionStore:
         return open_store(self.jobs.store_uri, clean=False)
 
-    def _load(self, version: str) -> LoadedModel:
+    def _load(self, store: VersionStore, version: str) -> LoadedModel:
         return load_version(
-            self.swapper.store,
-            version,
-            engine=self.settings.engine,
-            threads=self.settings.intra_op_threads,
-        )
-
-    def _load_pinned(self, version: str) -> LoadedModel:
-        return load_version(
-            self.pinned.store,
-            version,
-            engine=self.settings.engine,
-            threads=self.settings.intra_op_threads,
+            store, version, engine=self.settings.engine, threads=self.settings.intra_op_threads
         )
 
     @property
