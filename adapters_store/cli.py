@@ -245,7 +245,7 @@ def print_version(
     if manifest.evaluation is not None:
         fields += _evaluation_fields(manifest.evaluation)
     if "shadow" in extra:
-        fields += _shadow_fields(extra["shadow"])
+        fields += shadow_fields(extra["shadow"])
     fields += [
         ("file", f"{name}  {entry.size} B  sha256 {entry.sha256}")
         for name, entry in manifest.files.items()
@@ -253,7 +253,8 @@ def print_version(
     print_fields(fields)
 
 
-def _shadow_fields(counts: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def shadow_fields(counts: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """How a version agreed with each serving version while it shadowed (`read_counts`)."""
     if counts is None:
         return [("shadowed", "unknown (no Redis)")]
     if not counts:

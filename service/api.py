@@ -48,7 +48,7 @@ from service.auth import Credentials, check, check_classify
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64
 from service.runtime import check_in_child
-from service.shadow import read_counts
+from service.shadow import counts_at
 from service.v2 import create_v2
 
 GetServing = Callable[[], Serving]
@@ -413,7 +413,7 @@ def _admin_router(Svc: Any) -> APIRouter:
             "quarantined": store.quarantined().get(m.id),
             "rejected": m.rejected,
             "aliases": sorted(a for a, v in store.aliases.all().items() if v == m.id),
-            "shadow": _shadow_counts(serving, m.id),
+            "shadow": counts_at(serving.redis_url(), m.id),
         }
 
     @router.post("/versions/{version_id}/activate")
@@ -472,7 +472,7 @@ def _admin_router(Svc: Any) -> APIRouter:
         current = serving.store.shadow()
         return {
             "shadow": current.model_dump(mode="json") if current else None,
-            "counts": _shadow_counts(serving, current.version) if current else None,
+            "counts": counts_at(serving.redis_url(), current.version) if current else None,
         }
 
     @router.put("/shadow")
@@ -502,30 +502,9 @@ def _admin_router(Svc: Any) -> APIRouter:
     return router
 
 
-def _redis(serving: Serving) -> Any:
-    import redis
-
-    url = serving.redis_url()
-    return None if url is None else redis.Redis.from_url(url, socket_timeout=5)
-
-
-def _shadow_counts(serving: Serving, version: str) -> dict[str, Any] | None:
-    """A version's shadow counts by serving version, from Redis (None without Redis)."""
-    import redis
-
-    client = _redis(serving)
-    if client is None:
-        return None
-    try:
-        with client:
-            return read_counts(client, version)
-    except (redis.RedisError, OSError):
-        return None
-
-
 def _check_shadowed(serving: Serving, version: str, images: int, agreement: float) -> None:
     """Refuses (409) to promote a version that has not shadowed the serving one enough."""
-    counts = _shadow_counts(serving, version)
+    counts = counts_at(serving.redis_url(), version)
     problem = check_shadowed(counts, version, serving.store.serving(), images, agreement)
     if problem is not None:
         raise HTTPException(503 if counts is None else 409, problem)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from adapters_store import StoreError
 from adapters_store.cli import Parser, add_command
 from adapters_store.settings import SettingsError
 from learner.device import PRECISIONS
@@ -435,7 +436,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:
         raise
-    except (ServiceError, ValueError, OSError) as err:
+    except (ServiceError, StoreError, ValueError, OSError) as err:
         print(f"janus: error: {_one_line(err)}", file=sys.stderr)
         return 1
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from anyio import CapacityLimiter
 
 from adapters_store import VersionStore, open_store
-from learner.jobs.redis_embedded import find_running
+from learner.jobs.redis_embedded import current_url
 from learner.jobs.settings import JobSettings
 from service.batching import Batcher
 from service.config import ServiceSettings
@@ -86,10 +86,7 @@ class Serving:
         return self.swapper.current
 
     def redis_url(self) -> str | None:
-        if self.jobs.redis_url:
-            return self.jobs.redis_url
-        running = find_running(self.jobs.data_dir)
-        return running.url if running else None
+        return current_url(self.jobs.redis_url, self.jobs.data_dir)
 
     def celery(self) -> Celery:
         """The Celery app of learn jobs (created on first use)."""

@@ -13,12 +13,19 @@ through a running service's admin API, like the store commands.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from adapters_store import StoreError, open_store
-from adapters_store.cli import add_command, json_option, print_json, print_table, wants_json
+from adapters_store import open_store
+from adapters_store.cli import (
+    add_command,
+    json_option,
+    print_fields,
+    print_json,
+    print_table,
+    shadow_fields,
+    wants_json,
+)
 from adapters_store.settings import default_store_uri
 from service.client import ServiceError
 from service.remote import _archive, _call
@@ -34,34 +41,12 @@ def _remote(args: argparse.Namespace) -> bool:
 
 def local_shadow_counts(version: str) -> dict[str, Any] | None:
     """A version's shadow counts from the Redis of the job settings (None without one)."""
-    import redis
-
-    from learner.jobs.client import REDIS_TIMEOUTS
-    from learner.jobs.redis_embedded import find_running
+    from learner.jobs.redis_embedded import current_url
     from learner.jobs.settings import JobSettings
-    from service.shadow import read_counts
+    from service.shadow import counts_at
 
     settings = JobSettings.from_env()
-    url = settings.redis_url or getattr(find_running(settings.data_dir), "url", None)
-    if url is None:
-        return None
-    try:
-        with redis.Redis.from_url(url, **REDIS_TIMEOUTS) as client:
-            return read_counts(client, version)
-    except (redis.RedisError, OSError):
-        return None
-
-
-def print_counts(counts: dict[str, Any] | None) -> None:
-    """Shadow counts by serving version, one line each."""
-    if counts is None:
-        print("shadow counts: unknown (no Redis)")
-        return
-    if not counts:
-        print("shadow counts: none yet")
-    for serving, c in sorted(counts.items()):
-        share = f"{100 * c['agreement']:.1f} %" if c["agreement"] is not None else "-"
-        print(f"against {serving}: {c['images']} images, agreed on {c['agreed']} ({share})")
+    return counts_at(current_url(settings.redis_url, settings.data_dir), version)
 
 
 # -- eval ------------------------------------------------------------------------------------
@@ -188,7 +173,7 @@ def _shadow(args: argparse.Namespace) -> int:
         f"classify requests, since {shadow['since']} ({shadow['actor']})"
     )
     if "counts" in answer:
-        print_counts(answer["counts"])
+        print_fields(shadow_fields(answer["counts"]))
     return 0
 
 
@@ -216,17 +201,6 @@ def _who(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", default="", help="why, recorded with the change")
 
 
-def _guard(handler: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(handler(args))
-        except StoreError as err:
-            print(f"janus: error: {err}", file=sys.stderr)
-            return 1
-
-    return run
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds `eval`, `alias` and `shadow` to the `janus` parser."""
     evals = add_command(subparsers, "eval", "evaluation sets: images kept to evaluate candidates")
@@ -234,10 +208,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add = add_command(nested, "add", "attach a golden set (a folder of class folders, or archive)")
     add.add_argument("path", help="<folder>/<class>/<image>, or a zip or tar of it")
     _where(add)
-    add.set_defaults(func=_guard(_eval_add))
+    add.set_defaults(func=_eval_add)
     listed = add_command(nested, "list", "every evaluation set")
     _where(listed)
-    listed.set_defaults(func=_guard(_eval_list))
+    listed.set_defaults(func=_eval_list)
 
     alias = add_command(subparsers, "alias", "names for versions (`serving` is the pointer)")
     nested = alias.add_subparsers(dest="alias_command", required=True, metavar="set|rm|list")
@@ -246,15 +220,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     put.add_argument("id", help="version id, e.g. v0003")
     _who(put)
     _where(put)
-    put.set_defaults(func=_guard(_alias_set))
+    put.set_defaults(func=_alias_set)
     rm = add_command(nested, "rm", "remove an alias")
     rm.add_argument("name", help="the alias to remove")
     _who(rm)
     _where(rm)
-    rm.set_defaults(func=_guard(_alias_rm))
+    rm.set_defaults(func=_alias_rm)
     names = add_command(nested, "list", "every alias and its version")
     _where(names)
-    names.set_defaults(func=_guard(_alias_list))
+    names.set_defaults(func=_alias_list)
 
     shadow = add_command(
         subparsers,
@@ -268,4 +242,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     shadow.add_argument("--off", action="store_true", help="stop shadowing")
     _who(shadow)
     _where(shadow)
-    shadow.set_defaults(func=_guard(_shadow))
+    shadow.set_defaults(func=_shadow)

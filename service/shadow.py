@@ -69,6 +69,17 @@ def read_counts(client: redis.Redis, candidate: str) -> dict[str, dict[str, Any]
     return out
 
 
+def counts_at(url: str | None, candidate: str) -> dict[str, dict[str, Any]] | None:
+    """`read_counts` from the Redis at `url`; None without Redis or when it does not answer."""
+    if url is None:
+        return None
+    try:
+        with redis.Redis.from_url(url, **REDIS_TIMEOUTS) as client:
+            return read_counts(client, candidate)
+    except (redis.RedisError, OSError):
+        return None
+
+
 def clear_counts(client: redis.Redis, candidate: str) -> None:
     for key in list(client.scan_iter(match=f"{PREFIX}{candidate}:*", count=100)):
         client.delete(key)

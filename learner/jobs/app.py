@@ -24,7 +24,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from learner.jobs.client import LEARN_JOB, REDIS_TIMEOUTS
-from learner.jobs.redis_embedded import EmbeddedRedis, ensure_embedded, find_running
+from learner.jobs.redis_embedded import EmbeddedRedis, current_url, ensure_embedded
 from learner.jobs.settings import JobSettings
 
 
@@ -92,15 +92,12 @@ def create_app(settings: JobSettings | None = None, redis_url: str | None = None
     from learner.jobs.learn import learn_job
 
     settings = settings or JobSettings.from_env()
-    url = redis_url or settings.redis_url
+    url = redis_url or current_url(settings.redis_url, settings.data_dir)
     if url is None:
-        running = find_running(settings.data_dir)
-        if running is None:
-            raise RuntimeError(
-                "no Redis: set JANUS_REDIS_URL, or start `janus worker` (it starts the embedded "
-                f"redis-server for {settings.data_dir})"
-            )
-        url = running.url
+        raise RuntimeError(
+            "no Redis: set JANUS_REDIS_URL, or start `janus worker` (it starts the embedded "
+            f"redis-server for {settings.data_dir})"
+        )
     app = Celery("janus", set_as_current=False)
     app.conf.update(celery_config(settings, url))
     app.conf.janus_settings = settings.model_dump(mode="json")

@@ -163,6 +163,14 @@ def start_embedded(data_dir: Path, timeout: float = 20.0) -> EmbeddedRedis:
     )
 
 
+def current_url(configured: str | None, data_dir: Path) -> str | None:
+    """The configured Redis URL, else that of the embedded Redis running for `data_dir`."""
+    if configured:
+        return configured
+    running = find_running(data_dir)
+    return running.url if running else None
+
+
 def find_running(data_dir: Path) -> EmbeddedRedis | None:
     """The embedded Redis another process started for this data dir, if it still answers."""
     folder = Path(data_dir) / "redis"
