@@ -278,7 +278,9 @@ def _train_and_publish(
             kept = store.evalsets.add(images, labels, kind="holdout", source=f"learn job {job_id}")
             added.append(kept.digest)
         checked = in_memory(holdout.subset(range(min(16, len(holdout)))))  # real images
-    evaluation = _evaluate(store, request, result, parent, added, metrics["holdout_accuracy_new"])
+    evaluation = _evaluate(
+        store, request, result, (parent, state), added, metrics["holdout_accuracy_new"]
+    )
     model = result.model.cpu()  # exported and checked on the CPU, where serving runs it
     metrics["train_samples"] = float(len(train))
     metrics["holdout_samples"] = float(len(holdout))
@@ -314,12 +316,14 @@ def _evaluate(
     store: VersionStore,
     request: LearnRequest,
     result: TaskResult,
-    parent: str | None,
+    parent: tuple[str | None, LearnerState],
     added: list[str],
     holdout_accuracy_new: float,
 ) -> Evaluation:
     """The candidate against the version serving now, on the evaluation sets (on the job's
-    device), with the gate's verdict unless the policy is `auto`."""
+    device), with the gate's verdict unless the policy is `auto`. `parent`: the parent's id and
+    the state the job already read (the serving version's, unless another version or the root
+    was asked for; `learn_task` leaves it as it was)."""
     from learner.jobs.evaluation import evaluate_candidate
     from learner.jobs.versioning import load_state
     from learner.state import build_model
@@ -327,8 +331,8 @@ def _evaluate(
     serving = store.serving()
     serving_model = None
     if serving is not None:
-        against = build_model(load_state(store, serving)).to(result.model.device)
-        serving_model = (store.get(serving), against)
+        state = parent[1] if parent[0] == serving else load_state(store, serving)
+        serving_model = (store.get(serving), build_model(state).to(result.model.device))
     thresholds = None
     if request.activation != "auto":
         r = request
@@ -338,7 +342,7 @@ def _evaluate(
         result.model,
         result.state.class_names,
         result.state.class_names[-result.state.task_sizes[-1] :],
-        parent=parent,
+        parent=parent[0],
         added=added,
         serving_model=serving_model,
         holdout_accuracy_new=holdout_accuracy_new,
