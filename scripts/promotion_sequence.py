@@ -38,7 +38,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from learner.data import load_fashion_mnist, write_class_folders  # noqa: E402
+from learner.data import (  # noqa: E402
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+    write_class_folders,
+)
 from service.process_group import spawn_group, stop_group  # noqa: E402
 
 
@@ -178,18 +182,7 @@ def main() -> int:
                 0.0,
             )
         )
-        classes = [
-            "t-shirt_top",
-            "trouser",
-            "pullover",
-            "dress",
-            "coat",
-            "sandal",
-            "shirt",
-            "sneaker",
-            "bag",
-            "ankle_boot",
-        ]
+        classes = list(FASHION_MNIST_CLASSES)
         golden = _subset("test", classes, 20, 0, work / "golden")
         files = {"dataset": ("golden.tar.gz", _tar(golden))}
         info = api.call("POST", "/admin/evalsets", files=files)

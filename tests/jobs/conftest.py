@@ -7,6 +7,7 @@ that redelivery after a lost worker happens within seconds. Everything is stoppe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,12 +135,10 @@ def make_job_env(root: Path, redis_url: str, queue: str) -> JobEnv:
     return JobEnv(root, env, settings, create_app(settings))
 
 
-@pytest.fixture(scope="session")
-def job_env(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
-) -> Iterator[JobEnv]:
-    """A worker on queue `janus-learn` for the whole session."""
-    jobs = make_job_env(tmp_path_factory.mktemp("jobs"), redis_server.url, "janus-learn")
+@contextlib.contextmanager
+def running_worker(root: Path, redis_url: str, queue: str) -> Iterator[JobEnv]:
+    """A job environment under `root` with one ready worker on `queue`, stopped at the end."""
+    jobs = make_job_env(root, redis_url, queue)
     worker = start_worker(jobs.env, jobs.root / "worker.log")
     try:
         worker.wait_ready(jobs.app)
@@ -147,3 +146,12 @@ def job_env(
     finally:
         worker.stop()
         jobs.app.close()
+
+
+@pytest.fixture(scope="session")
+def job_env(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
+) -> Iterator[JobEnv]:
+    """A worker on queue `janus-learn` for the whole session."""
+    with running_worker(tmp_path_factory.mktemp("jobs"), redis_server.url, "janus-learn") as jobs:
+        yield jobs

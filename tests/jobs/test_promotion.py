@@ -12,7 +12,7 @@ from learner.data import LabeledBatch
 from learner.jobs.evaluation import evaluation_images
 from learner.jobs.redis_embedded import EmbeddedRedis
 from service.cli import main
-from tests.jobs.conftest import JobEnv, make_job_env, start_worker
+from tests.jobs.conftest import JobEnv, running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -22,14 +22,9 @@ def promotion_env(
     tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
 ) -> Iterator[JobEnv]:
     """Its own store, queue and worker: what serves is this module's alone."""
-    jobs = make_job_env(tmp_path_factory.mktemp("promotion"), redis_server.url, "janus-promotion")
-    worker = start_worker(jobs.env, jobs.root / "worker.log")
-    try:
-        worker.wait_ready(jobs.app)
+    root = tmp_path_factory.mktemp("promotion")
+    with running_worker(root, redis_server.url, "janus-promotion") as jobs:
         yield jobs
-    finally:
-        worker.stop()
-        jobs.app.close()
 
 
 def test_a_job_that_forgets_old_classes_is_rejected_and_serving_does_not_change(
