@@ -311,16 +311,20 @@ def _who(parser: argparse.ArgumentParser) -> None:
 
 ShadowCounts = Callable[[str], "dict[str, Any] | None"]
 """version → its shadow counts by serving version (`service.shadow.read_counts`); None: unknown."""
+Announce = Callable[[AuditEntry], None]
+"""Tells the serving workers that the pointer moved (`entry`), so they need not wait for a poll."""
 
 
 def register(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     check_load: LoadCheck | None = None,
     shadow_counts: ShadowCounts | None = None,
+    announce: Announce | None = None,
 ) -> None:
     """Adds the store's subcommands to the `janus` parser; `check_load` test-loads a version
     before `activate` moves the pointer, `shadow_counts` reads how a version agreed while it
-    shadowed (the store knows no model code and no Redis, the caller does)."""
+    shadowed, `announce` tells the serving workers that `activate` or `rollback` moved it (the
+    store knows no model code and no Redis, the caller does)."""
     versions = add_command(subparsers, "versions", "list versions (`versions show ID`: one)")
     _store_option(versions)
     json_option(versions)
@@ -358,7 +362,10 @@ def register(
     _store_option(activate)
     json_option(activate, "print the audit entry as JSON")
     activate.set_defaults(
-        func=_guard(_activate), check_load=check_load, shadow_counts=shadow_counts
+        func=_guard(_activate),
+        check_load=check_load,
+        shadow_counts=shadow_counts,
+        announce=announce,
     )
 
     rollback = add_command(
@@ -368,7 +375,7 @@ def register(
     _who(rollback)
     _store_option(rollback)
     json_option(rollback, "print the audit entry as JSON")
-    rollback.set_defaults(func=_guard(_rollback))
+    rollback.set_defaults(func=_guard(_rollback), announce=announce)
 
     history = add_command(subparsers, "history", "audit log of serving changes")
     _store_option(history)
@@ -476,14 +483,19 @@ def _activate(args: argparse.Namespace, store: VersionStore) -> int:
     entry = store.activate(
         args.id, actor=args.actor, reason=args.reason, force=args.force, test_load=check
     )
-    print_entry(entry, as_json=wants_json(args))
+    _moved(args, entry)
     return 0
 
 
 def _rollback(args: argparse.Namespace, store: VersionStore) -> int:
-    entry = store.rollback(args.to, actor=args.actor, reason=args.reason)
-    print_entry(entry, as_json=wants_json(args))
+    _moved(args, store.rollback(args.to, actor=args.actor, reason=args.reason))
     return 0
+
+
+def _moved(args: argparse.Namespace, entry: AuditEntry) -> None:
+    if args.announce is not None:
+        args.announce(entry)
+    print_entry(entry, as_json=wants_json(args))
 
 
 def _history(args: argparse.Namespace, store: VersionStore) -> int:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from adapters_store import (
+    AuditEntry,
     NotFound,
     NothingToRollBack,
     Quarantined,
@@ -42,13 +43,14 @@ from adapters_store import (
     StoreError,
 )
 from adapters_store.cli import check_shadowed
-from learner.jobs.client import JobStatus, LearnRequest, announce, cancel, list_jobs, status, submit
+from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit
 from service import inference
 from service.auth import Credentials, check, check_classify
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64
 from service.runtime import check_in_child
 from service.shadow import counts_at
+from service.swap import announce_change
 from service.v2 import create_v2
 
 GetServing = Callable[[], Serving]
@@ -319,17 +321,12 @@ async def _classify(
     return answer
 
 
-def _announce(serving: Serving, version: str, previous: str | None) -> None:
-    import redis
+def _announce(serving: Serving, message: dict[str, Any]) -> None:
+    announce_change(serving.redis_url(), message)
 
-    url = serving.redis_url()
-    if url is None:
-        return
-    try:
-        with redis.Redis.from_url(url, socket_timeout=2) as client:
-            announce(client, {"event": "serving-changed", "version": version, "previous": previous})
-    except (redis.RedisError, OSError):
-        pass  # workers also poll the pointer
+
+def _moved(serving: Serving, entry: AuditEntry) -> None:
+    _announce(serving, {"event": "serving-changed", "version": entry.to, "previous": entry.from_})
 
 
 def _actor(claimed: str | None) -> str:
@@ -429,7 +426,7 @@ def _admin_router(Svc: Any) -> APIRouter:
             force=b.force,
             test_load=partial(check_in_child, engine=serving.settings.engine),
         )
-        _announce(serving, entry.to, entry.from_)
+        _moved(serving, entry)
         return entry.model_dump(mode="json", by_alias=True)
 
     @router.post("/rollback")
@@ -437,7 +434,7 @@ def _admin_router(Svc: Any) -> APIRouter:
         """Serve the previously serving version, or `to`."""
         b = body or RollbackBody()
         entry = serving.store.rollback(b.to, actor=_actor(b.actor), reason=b.reason)
-        _announce(serving, entry.to, entry.from_)
+        _moved(serving, entry)
         return entry.model_dump(mode="json", by_alias=True)
 
     @router.get("/history")
@@ -481,12 +478,14 @@ def _admin_router(Svc: Any) -> APIRouter:
         current = serving.store.set_shadow(
             body.version, body.fraction, actor=_actor(body.actor), reason=body.reason
         )
+        _announce(serving, {"event": "shadow-changed", "version": body.version})
         return {"shadow": current.model_dump(mode="json") if current else None}
 
     @router.delete("/shadow")
     def stop_shadow(serving: Svc) -> dict[str, Any]:
         """Stop shadowing (the counts are kept)."""
         serving.store.set_shadow(None, actor="admin-token")
+        _announce(serving, {"event": "shadow-changed", "version": None})
         return {"shadow": None}
 
     @router.get("/evalsets")

@@ -398,9 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     step.set_defaults(func=_bench_step)
 
     from adapters_store.cli import register as register_store
-    from service.promotion import local_shadow_counts
+    from service.promotion import local_announce_move, local_shadow_counts
 
-    register_store(sub, check_load=_check_load, shadow_counts=local_shadow_counts)
+    register_store(
+        sub,
+        check_load=_check_load,
+        shadow_counts=local_shadow_counts,
+        announce=local_announce_move,
+    )
     from learner.jobs.cli import register as register_jobs
 
     register_jobs(sub)

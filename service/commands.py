@@ -1,4 +1,4 @@
-"""`janus up | classify | settings | bench serve`: the service's commands (see `service.cli`);
+"""`janus up | init | classify | settings | bench serve`: the service's commands (`service.cli`);
 `eval`, `alias` and `shadow` come from `service.promotion`."""
 
 from __future__ import annotations
@@ -22,6 +22,19 @@ def _up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else JobSettings.from_env().data_dir
     try:
         return run_up(data_dir, args.port, host=args.host, workers=args.workers)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"janus: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _init(args: argparse.Namespace) -> int:
+    from learner.jobs.redis_embedded import current_url
+    from learner.jobs.settings import JobSettings
+    from service.up import init_store
+
+    settings = JobSettings.from_env()
+    try:
+        return init_store(settings, current_url(settings.redis_url, settings.data_dir))
     except (RuntimeError, TimeoutError) as err:
         print(f"janus: error: {err}", file=sys.stderr)
         return 1
@@ -106,6 +119,14 @@ def register(
     )
     up.add_argument("--workers", type=int, default=2, help="service worker processes")
     up.set_defaults(func=_up)
+
+    init = add_command(
+        subparsers,
+        "init",
+        "learn a first version from examples/ if the store has none (a deployment's first step; "
+        "needs Redis and a running `janus worker`)",
+    )
+    init.set_defaults(func=_init)
 
     cls = add_command(subparsers, "classify", "classify images through a running service")
     cls.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")

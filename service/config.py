@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from adapters_store.settings import JanusSettings
@@ -78,7 +78,15 @@ class ServiceSettings(JanusSettings):
         1.0,
         gt=0,
         le=2.0,
-        description="how often each worker compares its version with the serving pointer (≤ 2)",
+        description="how often each worker reads the serving pointer while Redis announcements "
+        "do not reach it (no Redis, or its subscription lost) (≤ 2)",
+    )
+    safety_poll_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="how often each worker reads the serving pointer while it hears Redis "
+        "announcements (the safety net for a missed one; ≥ JANUS_POLL_S)",
     )
     retry_failed_s: float = Field(
         15.0, gt=0, description="wait before retrying a version that failed to load"
@@ -102,6 +110,15 @@ class ServiceSettings(JanusSettings):
     )
     workers: int = Field(2, ge=1, le=64, description="service worker processes")
     port: int = Field(3000, ge=1, le=65535, description="port of `janus up` / `bentoml serve`")
+
+    @model_validator(mode="after")
+    def _polls(self) -> ServiceSettings:
+        if self.safety_poll_s < self.poll_s:
+            raise ValueError(
+                f"need JANUS_SAFETY_POLL_S ({self.safety_poll_s:g}) ≥ JANUS_POLL_S "
+                f"({self.poll_s:g}): the poll behind announcements is the slower one"
+            )
+        return self
 
     @field_validator("image_formats", mode="before")
     @classmethod

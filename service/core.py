@@ -49,6 +49,7 @@ class Serving:
             partial(self._load, swap_store),
             self.metrics,
             poll_s=self.settings.poll_s,
+            safety_poll_s=self.settings.safety_poll_s,
             retry_failed_s=self.settings.retry_failed_s,
             redis_url=self.redis_url,
         )

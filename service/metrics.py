@@ -28,6 +28,8 @@ class ServiceMetrics:
     shadow_images: Any  # Counter(version, serving): images the shadowed version answered
     shadow_agreed: Any  # Counter(version, serving): of those, top class equal to serving's
     shadow_skipped: Any  # Counter(version): images not mirrored (busy, or not loaded yet)
+    pointer_checks: Any  # Counter(cause): reads of the serving pointer, announced or polled
+    announcements: Any  # Gauge: 1 while this worker hears Redis announcements (slow poll)
 
     def set_serving(self, now: tuple[str, str], previous: tuple[str, str] | None) -> None:
         """`now`, `previous`: (version, engine), e.g. ("v3", "onnxruntime:CPUExecutionProvider")."""
@@ -85,6 +87,18 @@ def service_metrics() -> ServiceMetrics:
             "images chosen for shadowing but not mirrored (shadow tasks busy, or the version "
             "still loading)",
             ["version"],
+        ),
+        pointer_checks=Counter(
+            "janus_pointer_checks",
+            "reads of the store's serving pointer by the hot-swap thread, by cause: an "
+            "announcement, or the poll",
+            ["cause"],
+        ),
+        announcements=Gauge(
+            "janus_announcements_subscribed",
+            "1 while this worker process is subscribed to Redis announcements (it then polls "
+            "the store every JANUS_SAFETY_POLL_S instead of every JANUS_POLL_S)",
+            multiprocess_mode="liveall",
         ),
         fallback=Gauge(
             "janus_serving_fallback",

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from adapters_store import open_store
+from adapters_store import AuditEntry, open_store
 from adapters_store.cli import (
     add_command,
     json_option,
@@ -47,6 +47,22 @@ def local_shadow_counts(version: str) -> dict[str, Any] | None:
 
     settings = JobSettings.from_env()
     return counts_at(current_url(settings.redis_url, settings.data_dir), version)
+
+
+def local_announce(message: dict[str, Any]) -> None:
+    """Announces a change made to the store directly (not through a service) on the Redis of
+    the job settings, so every serving worker checks at once."""
+    from learner.jobs.redis_embedded import current_url
+    from learner.jobs.settings import JobSettings
+    from service.swap import announce_change
+
+    settings = JobSettings.from_env()
+    announce_change(current_url(settings.redis_url, settings.data_dir), message)
+
+
+def local_announce_move(entry: AuditEntry) -> None:
+    """`janus activate | rollback` without --url: the pointer moved."""
+    local_announce({"event": "serving-changed", "version": entry.to, "previous": entry.from_})
 
 
 # -- eval ------------------------------------------------------------------------------------
@@ -154,6 +170,7 @@ def _shadow(args: argparse.Namespace) -> int:
             found = store.set_shadow(
                 None if args.off else args.id, args.fraction, actor=args.actor, reason=args.reason
             )
+            local_announce({"event": "shadow-changed", "version": found and found.version})
             answer = {"shadow": found.model_dump(mode="json") if found else None}
         else:
             found = store.shadow()

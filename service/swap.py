@@ -1,9 +1,15 @@
 """Hot swap in every worker process (DESIGN.md §5).
 
-A background thread compares the loaded version with the store's serving pointer when Redis
-announces a change (`janus:serving`) and at least every `poll_s` seconds. A different version is
-loaded, verified and warmed off the request path, then published by replacing one reference;
-requests hold the reference they started with, so none fails or mixes versions. A version that
+A background thread compares the loaded version with the store's serving pointer (and reads the
+shadow ref) when Redis announces a change (`janus:serving`), and otherwise on a poll: every
+`safety_poll_s` while it is subscribed to the announcements (the poll is then only the safety net
+for a missed one), every `poll_s` while it is not (no Redis, or the subscription broke: it tries
+again every 10 s), and every `poll_s` while it has nothing to serve or a failed version to retry.
+On an object store each check is two small GETs, so the announcements, not the poll, carry a swap
+to every replica, and a replica costs the store about 4 requests a minute when nothing changes.
+A different version is loaded (the manifest and the ONNX model only, verified), and warmed off the
+request path, then published by replacing one reference; requests hold the reference they started
+with, so none fails or mixes versions. A version that
 fails to load is remembered (readiness detail, metrics) and retried after `retry_failed_s`, while
 the old one keeps serving.
 
@@ -32,7 +38,7 @@ import redis
 
 from adapters_store import StoreBusy, StoreError, VersionStore
 from adapters_store.store import Shadow
-from learner.jobs.client import SERVING_CHANNEL
+from learner.jobs.client import SERVING_CHANNEL, announce
 from service.metrics import ServiceMetrics
 from service.runtime import LoadedModel
 
@@ -75,6 +81,18 @@ def load_recorded(store: VersionStore, loader: Loader, version: str) -> LoadedMo
             store.end_load(version, token)
 
 
+def announce_change(url: str | None, message: dict[str, Any]) -> None:
+    """Publishes a change of the serving pointer or the shadow ref on the channel every hot-swap
+    thread listens to; without Redis, or when it does not answer, the workers' poll finds it."""
+    if url is None:
+        return
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            announce(client, message)
+    except (redis.RedisError, OSError) as err:
+        log.info("could not announce %s (the workers' poll will find it): %s", message, err)
+
+
 @dataclass
 class SwapState:
     """What readiness reports: the serving model, and the last failure if any."""
@@ -102,11 +120,13 @@ class HotSwapper:
         metrics: ServiceMetrics,
         *,
         poll_s: float = 1.0,
+        safety_poll_s: float = 30.0,
         retry_failed_s: float = 15.0,
         redis_url: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store, self.loader, self.metrics = store, loader, metrics
-        self.poll_s, self.retry_failed_s = poll_s, retry_failed_s
+        self.poll_s, self.safety_poll_s = poll_s, max(poll_s, safety_poll_s)
+        self.retry_failed_s = retry_failed_s
         self.redis_url = redis_url
         self.state = SwapState()
         self._stop = threading.Event()
@@ -143,8 +163,10 @@ class HotSwapper:
             self._thread.join(timeout)
         self._close_pubsub()
 
-    def check(self) -> None:
-        """One comparison of the loaded version with the pointer (and a swap if they differ)."""
+    def check(self, cause: str = "poll") -> None:
+        """One comparison of the loaded version with the pointer (and a swap if they differ);
+        `cause` (announced or poll) labels the read in the metrics."""
+        self.metrics.pointer_checks.labels(cause=cause).inc()
         try:
             target = self.store.serving()
         except (StoreError, OSError) as err:
@@ -232,36 +254,58 @@ class HotSwapper:
         if not url:
             return
         try:
-            client = redis.Redis.from_url(url, socket_timeout=self.poll_s + 5)
+            # keepalive and a health-check PING: a dead subscription is found and polling resumes
+            client = redis.Redis.from_url(
+                url, socket_timeout=10, socket_keepalive=True, health_check_interval=10
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(SERVING_CHANNEL)
             self._pubsub = pubsub
+            self.metrics.announcements.set(1)
         except (redis.RedisError, OSError) as err:
-            log.info("no Redis announcements (polling only): %s", err)
+            log.info("no Redis announcements (polling every %g s): %s", self.poll_s, err)
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 self._pubsub.close()
             self._pubsub = None
+            self.metrics.announcements.set(0)
 
-    def _wait(self) -> None:
-        """Until an announcement arrives or `poll_s` passes."""
-        if self._pubsub is None:
-            self._stop.wait(self.poll_s)
-            return
-        try:
-            self._pubsub.get_message(timeout=self.poll_s)
-        except (redis.RedisError, OSError, ValueError):
-            self._close_pubsub()
-            self._stop.wait(self.poll_s)
+    def _poll_every(self) -> float:
+        """The poll interval: the slow safety net only while announcements reach this worker and
+        it serves its pointer's version with nothing to retry."""
+        s = self.state
+        settled = s.model is not None and s.failed_version is None and s.fallback_for is None
+        return self.safety_poll_s if self._pubsub is not None and settled else self.poll_s
+
+    def _wait(self) -> str:
+        """Until an announcement arrives (returns "announced") or the poll interval passes
+        ("poll"). Messages are read at most `poll_s` at a time, so the health-check PING runs."""
+        deadline = time.monotonic() + self._poll_every()
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "poll"
+            if self._pubsub is None:
+                self._stop.wait(left)
+                continue
+            try:
+                if self._pubsub.get_message(timeout=min(left, self.poll_s)) is not None:
+                    return "announced"
+            except (redis.RedisError, OSError, ValueError) as err:
+                log.info("Redis announcements lost (polling every %g s): %s", self.poll_s, err)
+                self._close_pubsub()
+                deadline = min(deadline, time.monotonic() + self.poll_s)
+        return "poll"
 
     def _run(self) -> None:
+        cause = "poll"
         while not self._stop.is_set():
             self._subscribe()
             try:
-                self.check()
+                self.check(cause)
             except Exception as err:  # the thread must outlive any surprise
                 self.state.last_error = f"hot-swap check failed: {err}"
                 log.exception("hot-swap check failed")
-            self._wait()
+            cause = self._wait()

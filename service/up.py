@@ -111,6 +111,23 @@ def _learn_first(settings: JobSettings, redis_url: str) -> None:
     print(f"janus: attached {GOLDEN} as a golden evaluation set ({info.images} images)")
 
 
+def init_store(settings: JobSettings, redis_url: str | None) -> int:
+    """`janus init`: the first version of an empty store, learned by whichever `janus worker`
+    takes the job (the first task of `examples/`, with the golden set attached), so a fresh
+    deployment serves; a store with versions is left as it is. Returns the exit code."""
+    versions = open_store(settings.store_uri).versions()
+    if versions:
+        print(f"janus: {settings.store_uri} has {len(versions)} versions; nothing to do")
+        return 0
+    if redis_url is None:
+        raise RuntimeError(
+            "no Redis: set JANUS_REDIS_URL to the Redis of the learn workers (`janus init` "
+            "queues the first job for one of them)"
+        )
+    _learn_first(settings, redis_url)
+    return 0
+
+
 def _banner(url: str, token: str, data_dir: Path) -> str:
     image = EXAMPLES / "images" / "sneaker.png"
     task2 = EXAMPLES / "fashion-mnist"

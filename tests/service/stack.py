@@ -3,10 +3,12 @@ embedded Redis, with helpers to follow what every worker process serves through 
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,16 @@ class Server:
             time.sleep(poll)
         raise TimeoutError(f"workers serve {seen}, not all {version}:\n{self.tail()}")
 
+    def wait_job(self, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+        """The job's record from `/admin/jobs/ID` once it ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/admin/jobs/{job_id}", headers=self.admin).json()
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                return dict(job)
+            time.sleep(0.5)
+        raise TimeoutError(f"job {job_id} did not end:\n{self.tail()}")
+
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
 
@@ -97,6 +109,14 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         stop_group(self.process, timeout, linger_s=10.0)
+
+
+def archive(folder: Path) -> bytes:
+    """A class-folder dataset as a tar.gz, as users upload it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    return buf.getvalue()
 
 
 def start_server(env: dict[str, str], log: Path, token: str, workers: int = 2) -> Server:

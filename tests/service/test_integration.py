@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from learner.jobs.redis_embedded import EmbeddedRedis
 from tests.conftest import TINY_BACKBONES
 from tests.jobs.conftest import JobEnv, Worker, make_job_env, start_worker
 from tests.service.conftest import ADMIN, png
-from tests.service.stack import Server, start_server
+from tests.service.stack import Server, archive, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(330)]
 
@@ -74,23 +73,6 @@ def _image(digits: LabeledBatch, label: int, n: int = 0) -> bytes:
     return png(digits.images[int(np.nonzero(digits.labels == label)[0][n]), ..., 0])
 
 
-def _archive(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        tf.add(folder, arcname=folder.name)
-    return buf.getvalue()
-
-
-def _wait_job(server: Server, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = server.get(f"/admin/jobs/{job_id}", headers=server.admin).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return dict(job)
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id} did not end:\n{server.tail()}")
-
-
 def _classify(server: Server, digits: LabeledBatch, label: int) -> dict[str, Any]:
     r = server.post("/classify", files=[("images", ("d.png", _image(digits, label), "image/png"))])
     assert r.status_code == 200, r.text
@@ -109,12 +91,12 @@ def test_learn_classify_swap_rollback(stack: Stack) -> None:
     folder = stack.jobs.dataset(digits, "upload01", ["digit0", "digit1"])
     r = server.post(
         "/admin/learn",
-        files={"dataset": ("d.tar.gz", _archive(folder), "application/gzip")},
+        files={"dataset": ("d.tar.gz", archive(folder), "application/gzip")},
         data={"request": json.dumps(LEARN)},
         headers=server.admin,
     )
     assert r.status_code == 202, r.text
-    job = _wait_job(server, r.json()["job_id"])
+    job = server.wait_job(r.json()["job_id"])
     assert job["state"] == "succeeded", job
     assert job["version"] == "v0001"
     server.wait_all_serving("v0001")
@@ -127,7 +109,7 @@ def test_learn_classify_swap_rollback(stack: Stack) -> None:
     folder = stack.jobs.dataset(digits, "path23", ["digit2", "digit3"])
     r = server.post("/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin)
     assert r.status_code == 202, r.text
-    job = _wait_job(server, r.json()["job_id"])
+    job = server.wait_job(r.json()["job_id"])
     assert job["state"] == "succeeded" and job["version"] == "v0002", job
     seen = server.wait_all_serving("v0002")
     moved = _pointer_time(server.get("/admin/history", headers=server.admin).json()[-1])
@@ -189,7 +171,7 @@ def _ensure_two_versions(stack: Stack) -> None:
             "/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin
         )
         assert r.status_code == 202, r.text
-        job = _wait_job(server, r.json()["job_id"])
+        job = server.wait_job(r.json()["job_id"])
         assert job["state"] == "succeeded", job
         server.wait_all_serving(job["version"])
 
@@ -382,7 +364,7 @@ def test_cli_through_url(stack: Stack, capsys: pytest.CaptureFixture[str]) -> No
         r = server.post(
             "/admin/learn", json={**LEARN, "dataset": str(folder)}, headers=server.admin
         )
-        assert _wait_job(server, r.json()["job_id"])["state"] == "succeeded"
+        assert server.wait_job(r.json()["job_id"])["state"] == "succeeded"
     before = [v["id"] for v in server.get("/admin/versions", headers=server.admin).json()]
     new = f"v{len(before) + 1:04d}"
 

@@ -35,7 +35,7 @@ def _free_port() -> int:
         return port
 
 
-def _atomic_conditional_puts() -> None:
+def atomic_conditional_puts() -> None:
     """Makes moto's conditional PUT atomic, as it is on S3 (moto checks, then writes)."""
     from moto.s3.responses import S3Response
 
@@ -55,7 +55,7 @@ def s3_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    _atomic_conditional_puts()
+    atomic_conditional_puts()
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
