@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from adapters_store.settings import DataSettings, JanusSettings, StoreSettings
+from learner.jobs.redis_url import redacted
 from learner.jobs.settings import JobSettings
 from service.client import ClientSettings
 from service.config import ServiceSettings
@@ -87,10 +88,6 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^/\s]+@")
-"""The password of a URL (`redis://:secret@host`), which `current` shows as `***`."""
-
-
 def current(environ: Mapping[str, str]) -> list[tuple[str, str, bool]]:
     """(variable, value in effect, set in `environ`) for every variable; secrets as set/unset,
     and URLs without their password.
@@ -102,7 +99,9 @@ def current(environ: Mapping[str, str]) -> list[tuple[str, str, bool]]:
     for model, _ in MODELS:
         settings = model.from_env(environ)
         for name in model.model_fields:
-            shown = _PASSWORD.sub(r"\1:***@", _shown(getattr(settings, name)))
+            shown = _shown(getattr(settings, name))
+            if "://" in shown:  # a URL's passwords (the user's, a Sentinel's) as ***
+                shown = redacted(shown)
             values.setdefault(model.env_var(name), shown)
     return [(v.name, values[v.name], bool(environ.get(v.name))) for v in variables()]
 

@@ -31,6 +31,7 @@ import redis
 from anyio import to_thread
 
 from learner.jobs.client import REDIS_TIMEOUTS
+from learner.jobs.redis_url import redis_from_url
 from service.batching import Batcher
 from service.metrics import ServiceMetrics
 from service.pinned import PinnedVersions
@@ -74,7 +75,7 @@ def counts_at(url: str | None, candidate: str) -> dict[str, dict[str, Any]] | No
     if url is None:
         return None
     try:
-        with redis.Redis.from_url(url, **REDIS_TIMEOUTS) as client:
+        with redis_from_url(url, **REDIS_TIMEOUTS) as client:
             return read_counts(client, candidate)
     except (redis.RedisError, OSError):
         return None
@@ -162,7 +163,7 @@ class Shadower:
             return
         try:
             if self._client is None:
-                self._client = redis.Redis.from_url(url, **REDIS_TIMEOUTS)
+                self._client = redis_from_url(url, **REDIS_TIMEOUTS)
             with self._client.pipeline(transaction=False) as pipe:
                 key = counts_key(version, serving)
                 for name, ok in zip(answered, agreed, strict=True):

@@ -39,6 +39,7 @@ import redis
 from adapters_store import StoreBusy, StoreError, VersionStore
 from adapters_store.store import Shadow
 from learner.jobs.client import SERVING_CHANNEL, announce
+from learner.jobs.redis_url import redis_from_url
 from service.metrics import ServiceMetrics
 from service.runtime import LoadedModel
 
@@ -87,7 +88,7 @@ def announce_change(url: str | None, message: dict[str, Any]) -> None:
     if url is None:
         return
     try:
-        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+        with redis_from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
             announce(client, message)
     except (redis.RedisError, OSError) as err:
         log.info("could not announce %s (the workers' poll will find it): %s", message, err)
@@ -255,7 +256,7 @@ class HotSwapper:
             return
         try:
             # keepalive and a health-check PING: a dead subscription is found and polling resumes
-            client = redis.Redis.from_url(
+            client = redis_from_url(
                 url, socket_timeout=10, socket_keepalive=True, health_check_interval=10
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)

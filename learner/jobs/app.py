@@ -7,6 +7,9 @@ delivers again a job whose worker stopped beating, within minutes, and never one
 soft and hard time limits; result expiry; socket timeouts on every Redis connection, so a hung
 Redis is an error, not a hang. Pickle and every other content type than JSON are refused.
 
+Redis is one server or a master found through Sentinel (`learner.jobs.redis_url`); the app keeps
+the `JANUS_REDIS_URL` form as `janus_redis_url`, from which `redis_client` makes its clients.
+
 One training job at a time per worker: prefork with one child (the hard time limit needs a child
 to kill). The parent never imports torch, so nothing CUDA exists before the fork; each child
 imports it once after the fork, and starts the reader processes of its jobs' data itself.
@@ -25,14 +28,21 @@ from celery.signals import worker_process_init
 
 from learner.jobs.client import LEARN_JOB, REDIS_TIMEOUTS
 from learner.jobs.redis_embedded import EmbeddedRedis, current_url, ensure_embedded
+from learner.jobs.redis_url import celery_connection
 from learner.jobs.settings import JobSettings
 
 
 def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
-    """Celery settings for `settings`, with broker and result backend at `redis_url`."""
+    """Celery settings for `settings`, with broker and result backend at `redis_url` (a server,
+    or a master through Sentinel: `learner.jobs.redis_url`)."""
+    where = celery_connection(redis_url, REDIS_TIMEOUTS)
     return {
-        "broker_url": redis_url,
-        "result_backend": redis_url,
+        "broker_url": where.broker_url,
+        "result_backend": where.result_backend,
+        "broker_use_ssl": where.use_ssl,
+        "redis_backend_use_ssl": where.use_ssl,
+        "result_backend_transport_options": where.transport_options,
+        "janus_redis_url": redis_url,  # for `redis_client`: the broker URL may be kombu's form
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -49,6 +59,7 @@ def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
             "unacked_restore_interval": settings.restore_interval_s,
             "unacked_restore_throttle": 1,
             **REDIS_TIMEOUTS,
+            **where.transport_options,
         },
         "broker_connection_timeout": REDIS_TIMEOUTS["socket_connect_timeout"],
         "redis_socket_timeout": REDIS_TIMEOUTS["socket_timeout"],

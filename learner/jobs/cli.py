@@ -24,7 +24,6 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
-from kombu.utils.url import maybe_sanitize_url
 
 from adapters_store.cli import (
     add_command,
@@ -41,6 +40,7 @@ from learner.jobs.app import create_app, resolve_redis
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit, wait
 from learner.jobs.intake import STAGED, stage_dataset, under_roots
 from learner.jobs.redis_embedded import RedisUnavailable
+from learner.jobs.redis_url import redacted
 from learner.jobs.settings import JobSettings
 from learner.methods import list_methods
 
@@ -209,7 +209,7 @@ def _unreachable(err: Exception) -> str:
     why = " ".join(str(err).split()) or type(err).__name__
     settings = JobSettings.from_env()
     if settings.redis_url:
-        url = maybe_sanitize_url(settings.redis_url, mask="***")  # no password
+        url = redacted(settings.redis_url)  # no password (the user's, a Sentinel's)
         return (
             f"cannot reach Redis at {url} ({why}); start "
             "Redis there, or fix JANUS_REDIS_URL (unset, `janus up` and `janus worker` run an "

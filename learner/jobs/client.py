@@ -36,6 +36,7 @@ from pydantic import (
 
 from adapters_store.paths import VERSION_ID, check_key
 from learner.config import BackboneConfig, LoRAConfig, TrainConfig
+from learner.jobs.redis_url import redis_from_url
 from learner.methods import get_method
 
 LEARN_JOB = "janus.learn"
@@ -194,7 +195,8 @@ def _text(value: object) -> str:
 
 
 def redis_client(app: Celery) -> redis.Redis:
-    return redis.Redis.from_url(str(app.conf.broker_url), **REDIS_TIMEOUTS)
+    """A client of the app's Redis (`create_app`'s `janus_redis_url`), with `REDIS_TIMEOUTS`."""
+    return redis_from_url(str(app.conf.janus_redis_url), **REDIS_TIMEOUTS)
 
 
 def _ttl(app: Celery) -> int:

@@ -38,12 +38,12 @@ from adapters_store import Manifest, StoreError, VersionStore, open_store
 from learner.data import Batch, DataError, holdout_split, in_memory
 from learner.jobs.app import app_settings
 from learner.jobs.client import (
-    REDIS_TIMEOUTS,
     LearnRequest,
     announce,
     attempts_key,
     cancel_key,
     heartbeat_key,
+    redis_client,
 )
 from learner.jobs.intake import open_dataset, open_new_classes, under_roots
 from learner.jobs.settings import JobSettings
@@ -389,7 +389,7 @@ def learn_job(job: CeleryTask, **kwargs: Any) -> dict[str, Any]:
     settings = app_settings(job.app)
     tag = (getattr(job.request, "properties", None) or {}).get("delivery_tag")  # kombu's
     with (
-        redis.Redis.from_url(str(job.app.conf.broker_url), **REDIS_TIMEOUTS) as client,
+        redis_client(job.app) as client,
         _Heartbeat(client, job_id, tag, settings),
     ):
         return _run(job, client, job_id, settings, kwargs)

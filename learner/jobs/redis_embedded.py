@@ -27,6 +27,8 @@ from pathlib import Path
 
 import redis
 
+from learner.jobs.redis_url import redis_from_url
+
 HOST = "127.0.0.1"
 
 
@@ -81,7 +83,7 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5)
+        return redis_from_url(self.url, socket_timeout=10, socket_connect_timeout=5)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the server if this process started it (SIGTERM: Redis saves, then exits)."""
@@ -103,7 +105,7 @@ class EmbeddedRedis:
 
 def _ping(url: str, timeout: float = 1.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=timeout).ping())
+        return bool(redis_from_url(url, socket_timeout=timeout).ping())
     except (redis.RedisError, OSError):
         return False
 

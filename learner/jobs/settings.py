@@ -15,6 +15,7 @@ from pydantic_settings import NoDecode
 
 from adapters_store.settings import DataSettings
 from learner.device import DEVICE_PATTERN, Precision
+from learner.jobs.redis_url import parse_redis_url
 
 
 class JobSettings(DataSettings):
@@ -22,7 +23,10 @@ class JobSettings(DataSettings):
 
     redis_url: str | None = Field(
         None,
-        description="Redis of the job queue, redis://[:password@]host:port/db; "
+        description="Redis of the job queue: redis://[[user]:password@]host:port/db, "
+        "rediss://… (TLS, certificate verified), or a master through Sentinel, "
+        "redis+sentinel://[[user]:password@]host:26379[,host:26379…]/master-name[/db]"
+        "[?sentinel_password=…] (the password is the master's); "
         "unset: the embedded redis-server of the data directory",
     )
     dataset_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
@@ -107,10 +111,8 @@ class JobSettings(DataSettings):
                 f"JANUS_HEARTBEAT_S ({self.heartbeat_s:g}): a job whose heartbeats are late "
                 "would be delivered a second time while it runs"
             )
-        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
-            raise ValueError(
-                f"JANUS_REDIS_URL must start with redis:// or rediss://, got {self.redis_url!r}"
-            )
+        if self.redis_url is not None:
+            parse_redis_url(self.redis_url)  # a message that says what to write
         return self
 
     @property
