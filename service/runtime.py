@@ -80,8 +80,20 @@ def _onnx(version: str, data: bytes, threads: int) -> LoadedModel:
     return LoadedModel(version, names, size, mean, std, engine, logits)  # type: ignore[arg-type]
 
 
+class EngineMissing(RuntimeError):
+    """This process lacks what the version needs (an ONNX model under JANUS_ENGINE=onnx, or torch
+    in a serving image without it): a limit of the process, not a fault of the version, so it
+    is never quarantined (another replica may serve it)."""
+
+
 def _torch(store: VersionStore, version: str, threads: int) -> LoadedModel:
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as err:
+        raise EngineMissing(
+            f"version {version} has no {ONNX} and this process has no torch ({err}); serve it "
+            "from a replica with the `learn` extra, or republish it with an ONNX model"
+        ) from None
 
     from learner.jobs.versioning import backbone_digest, load_state
     from learner.state import build_model
@@ -120,7 +132,7 @@ def load_version(
     cannot serve."""
     manifest = store.get(version)  # its own digest checked
     if engine == "onnx" and ONNX not in manifest.files:
-        raise ValueError(f"version {version} has no {ONNX} and JANUS_ENGINE=onnx")
+        raise EngineMissing(f"version {version} has no {ONNX} and JANUS_ENGINE=onnx")
     if engine != "torch" and ONNX in manifest.files:
         model = _onnx(version, store.read_bytes(version, ONNX), threads)  # size and sha256 checked
     else:

@@ -41,7 +41,7 @@ from adapters_store.store import Shadow
 from learner.jobs.client import SERVING_CHANNEL, announce
 from learner.jobs.redis_url import redis_from_url
 from service.metrics import ServiceMetrics
-from service.runtime import LoadedModel
+from service.runtime import EngineMissing, LoadedModel
 
 log = logging.getLogger("janus.swap")
 
@@ -50,7 +50,8 @@ Loader = Callable[[str], LoadedModel]
 CRASHED_LOADS = 2
 """Loads of one version that ended their process before the version is quarantined."""
 TRANSIENT = (OSError, StoreBusy, TimeoutError)
-"""Load failures that may pass by themselves: retried, never quarantined."""
+"""Load failures that may pass by themselves: retried, never quarantined (nor is `EngineMissing`,
+a limit of this process, not of the version)."""
 
 
 def load_recorded(store: VersionStore, loader: Loader, version: str) -> LoadedModel:
@@ -71,7 +72,7 @@ def load_recorded(store: VersionStore, loader: Loader, version: str) -> LoadedMo
         with contextlib.suppress(StoreError, OSError):  # it loads: earlier deaths were not its
             store.crashed_loads(version, forget=True)
         return model
-    except TRANSIENT:
+    except (*TRANSIENT, EngineMissing):
         raise
     except Exception as err:
         with contextlib.suppress(StoreError, OSError):

