@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PACKAGES := learner adapters_store service
 
-.PHONY: setup data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step chaos memory-check gpu-check clean
+.PHONY: setup chromium console-screenshots data run demo test test-unit check format readme-settings bench bench-ablation bench-quick bench-step chaos memory-check gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)  ## the virtualenv: everything `make run` and `make test` need (no root)
+
+# Debian's Chromium: the browser tests/console drives through Playwright (`playwright install`,
+# which downloads browsers, is never run).
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "Chromium is missing: run 'sudo apt-get install chromium' (tests/console drives it)" >&2; exit 1; fi; }
 
 # Fashion-MNIST as IDX files, from Debian (MIT licence): the benchmark's and the demo's data.
 # `make run` and `make test` do not need it.
@@ -29,7 +37,7 @@ run: setup  ## the main job: Redis, a Celery worker and the BentoML service; Ctr
 demo: setup data  ## a short class-incremental Janus-LoRA run that prints the accuracy matrix
 	$(VENV)/bin/janus demo
 
-test: setup  ## every test tier: unit, integration (real Redis, Celery, bentoml serve, S3 server), slow
+test: setup chromium  ## every test tier: unit, integration (real Redis, Celery, bentoml serve, S3 server, Chromium), slow
 	$(VENV)/bin/pytest
 
 test-unit: setup
@@ -65,6 +73,9 @@ chaos: setup  ## the chaos tier alone (also part of make test): attacks and faul
 
 memory-check: setup  ## peak memory of a learn job streaming 5,000 and 20,000 JPEGs (about 25 min on 2 cores)
 	$(PY) scripts/memory_check.py --images 5000 20000
+
+console-screenshots: setup chromium  ## docs/console/*.png: the console's views in both themes, from its browser tests (about 1 min)
+	JANUS_CONSOLE_SCREENSHOTS=docs/console $(VENV)/bin/pytest tests/console -p no:cacheprovider
 
 gpu-check: setup  ## on a CUDA machine: the gpu tests and a short ViT-B/16 run (says so and exits 0 without CUDA)
 	$(PY) scripts/gpu_check.py

@@ -14,6 +14,8 @@
     GET, PUT, DELETE /admin/shadow     the version shadowing the serving one, and its counts
     GET  /admin/evalsets;  POST /admin/evalsets (a golden set: an archive in `dataset`)
     /v2/...                            the Open Inference Protocol (`service.v2`)
+    GET  /console                      the web console (`service.console`): public page, its
+                                       data from the admin routes with the token typed in
 
 Admin routes need `Authorization: Bearer $JANUS_ADMIN_TOKEN`; classify needs
 `$JANUS_CLASSIFY_TOKEN` (or the admin token) when that is set. Missing token → 401, wrong → 403.
@@ -46,6 +48,7 @@ from adapters_store.cli import check_shadowed
 from learner.jobs.client import JobStatus, LearnRequest, cancel, list_jobs, status, submit
 from service import inference
 from service.auth import Credentials, check, check_classify
+from service.console import console_router
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64
 from service.runtime import check_in_child
@@ -286,6 +289,7 @@ def create_api(get_serving: GetServing) -> FastAPI:
 
     app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
     app.include_router(create_v2(get_serving))
+    app.include_router(console_router())
     return app
 
 

@@ -146,6 +146,7 @@ admin token: {token}
   curl -s -H 'Authorization: Bearer {token}' -F dataset=@/tmp/task2.tgz {url}/admin/learn
   curl -s -H 'Authorization: Bearer {token}' -X POST {url}/admin/rollback
   # API docs: {url}/api/docs    metrics: {url}/metrics    readiness: {url}/readyz
+  # web console (log in with the admin token): {url}/console
 
 Ctrl-C stops everything.
 """

@@ -1,10 +1,13 @@
 """A real stack for integration tests: `bentoml serve` (2 workers) next to a Celery worker and the
-embedded Redis, with helpers to follow what every worker process serves through `/metrics`."""
+embedded Redis, with helpers to follow what every worker process serves through `/metrics`; and
+`janus up` as a user runs it, on a copy of a store (`JanusUp`)."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -147,3 +150,91 @@ def start_server(env: dict[str, str], log: Path, token: str, workers: int = 2) -
     ]
     process = spawn_group(cmd, full, log, REPO)
     return Server(process, f"http://127.0.0.1:{port}", log, workers, token)
+
+
+def processes_using(marker: str) -> list[int]:
+    """Pids of the processes whose environment mentions `marker` (a data dir: `janus up`'s)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@dataclass
+class JanusUp:
+    """`janus up` in a session of its own, its output in `out`; `stop` is Ctrl-C (SIGINT)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    out: Path
+
+    BANNER_END = "Ctrl-C stops everything"
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    @property
+    def token(self) -> str:
+        """The admin token `janus up` printed (`JANUS_ADMIN_TOKEN`, else its data dir's file)."""
+        line = next(x for x in self.output().splitlines() if x.startswith("admin token: "))
+        return line.removeprefix("admin token: ").strip()
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def wait_banner(self, timeout: float = 200.0) -> str:
+        """Blocks until `janus up` printed its banner (the service is ready); returns its output."""
+        deadline = time.monotonic() + timeout
+        while self.BANNER_END not in self.output():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"janus up exited:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"janus up not ready after {timeout} s:\n{self.output()[-3000:]}"
+                )
+            time.sleep(0.5)
+        return self.output()
+
+    def stop(self, timeout: float = 90.0) -> int:
+        """Ctrl-C; its exit code (SIGKILL to the group, and the timeout raised, if it hangs)."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+
+
+def start_up(store: Path, root: Path, env: dict[str, str] | None = None) -> JanusUp:
+    """`janus up` on a fresh data dir under `root` holding a copy of `store` (versions already
+    there: no first learn job), on a free port; `env` adds to the `JANUS_*`-free environment."""
+    data_dir = root / "janus-up-data"
+    shutil.copytree(store, data_dir / "store")
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
+    full = {
+        **clean,
+        "OMP_NUM_THREADS": "1",
+        "JANUS_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    out = root / "up.out"
+    argv = [sys.executable, "-m", "service.cli", "up", "--data-dir", str(data_dir)]
+    with open(out, "wb") as fh:
+        process = subprocess.Popen(
+            [*argv, "--port", str(port)],
+            cwd=REPO,
+            env=full,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return JanusUp(process, f"http://127.0.0.1:{port}", data_dir, out)
