@@ -6,12 +6,11 @@ shadow ref) when Redis announces a change (`janus:serving`), and otherwise on a 
 for a missed one), every `poll_s` while it is not (no Redis, or the subscription broke: it tries
 again every 10 s), and every `poll_s` while it has nothing to serve or a failed version to retry.
 On an object store each check is two small GETs, so the announcements, not the poll, carry a swap
-to every replica, and a replica costs the store about 4 requests a minute when nothing changes.
+to every replica, and a worker process costs the store 4 requests a minute when nothing changes.
 A different version is loaded (the manifest and the ONNX model only, verified), and warmed off the
 request path, then published by replacing one reference; requests hold the reference they started
-with, so none fails or mixes versions. A version that
-fails to load is remembered (readiness detail, metrics) and retried after `retry_failed_s`, while
-the old one keeps serving.
+with, so none fails or mixes versions. A version that fails to load is remembered (readiness
+detail, metrics) and retried after `retry_failed_s`, while the old one keeps serving.
 
 A worker with nothing to serve (it just started) whose serving version does not load falls back:
 it serves the most recent version that served before and loads (`readiness()["fallback_for"]`
