@@ -100,6 +100,7 @@ def test_the_tree_shows_two_learned_versions_under_their_parents_with_the_gates_
         text = _node(page, version)
         assert f"from {parent}" in text and f"+ {added}" in text
         assert f"new {m['evaluation']['new_accuracy']:.1f} %" in text
+        assert f"(hold-out {m['metrics']['holdout_accuracy_new']:.1f} %)" in text  # the gate's
         assert _gate_text(m) in text
         badge = page.locator(f'.node[data-version="{version}"] .badge.serving')
         assert badge.count() == int(m["serving"])

@@ -12,14 +12,17 @@ export function gateDecision(m) {
   return { kind: "rejected", text: `gate: rejected — ${e.gate.reasons.join("; ") || "no reason"}` };
 }
 
-/** "new 95.0 % · old 88.0 % (serving 90.0 %)" from the evaluation, else the held-out figure. */
+/** "new 95.0 % (hold-out 92.1 %) · old 88.0 % (serving 90.0 %)" from the evaluation (its sets)
+ * and the learn job's whole hold-out, which the gate judges; else the held-out figure alone. */
 export function figures(m) {
   const e = m.evaluation;
+  const holdout = m.metrics.holdout_accuracy_new;
   if (!e) {
-    const acc = m.metrics.accuracy ?? m.metrics.holdout_accuracy_new;
+    const acc = m.metrics.accuracy ?? holdout;
     return acc === undefined ? "" : `held-out ${percent(acc)}`;
   }
-  const parts = [`new ${percent(e.new_accuracy)}`];
+  const gated = holdout === undefined ? "" : ` (hold-out ${percent(holdout)})`;
+  const parts = [`new ${percent(e.new_accuracy)}${gated}`];
   if (e.old_accuracy !== null) {
     parts.push(`old ${percent(e.old_accuracy)} (serving ${percent(e.old_accuracy_serving)})`);
   } else {

@@ -71,6 +71,9 @@ function evaluationFacts(m) {
     h("dl", { class: "facts" },
       h("dt", {}, "against"), h("dd", {}, e.against ?? "nothing served"),
       h("dt", {}, "new classes"), h("dd", {}, percent(e.new_accuracy)),
+      m.metrics.holdout_accuracy_new === undefined ? null : [
+        h("dt", {}, "new, whole hold-out"), h("dd", {}, `${percent(m.metrics.holdout_accuracy_new)} (what the gate judges)`),
+      ],
       h("dt", {}, "old classes"), h("dd", {}, `${percent(e.old_accuracy)} (serving ${percent(e.old_accuracy_serving)})`),
       h("dt", {}, "old, among old only"), h("dd", {}, percent(e.old_accuracy_among_old)),
       h("dt", {}, "old-class drop"), h("dd", {}, e.old_accuracy !== null && e.old_accuracy_serving !== null ? points(e.old_accuracy_serving - e.old_accuracy) : "–"),
