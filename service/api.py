@@ -32,7 +32,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
@@ -51,6 +52,7 @@ from service.auth import Credentials, check, check_classify
 from service.console import console_router
 from service.core import NoQueue, Serving
 from service.images import ImageError, decode_base64
+from service.metrics import exposition
 from service.runtime import check_in_child
 from service.shadow import counts_at
 from service.swap import announce_change
@@ -290,6 +292,12 @@ def create_api(get_serving: GetServing) -> FastAPI:
     app.include_router(_admin_router(Svc), dependencies=[Depends(admin_auth)])
     app.include_router(create_v2(get_serving))
     app.include_router(console_router())
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus' text format: every worker process's `janus_*` metrics."""
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

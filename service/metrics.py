@@ -7,6 +7,7 @@ gauges per worker (`pid` label), so the serving version of each worker is visibl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -115,3 +116,27 @@ def service_metrics() -> ServiceMetrics:
             multiprocess_mode="liveall",
         ),
     )
+
+
+def exposition() -> bytes:
+    """`/metrics`: the `janus_*` metrics of every worker process (from the files in
+    `PROMETHEUS_MULTIPROC_DIR`, which `bentoml serve` sets), or of this process alone.
+
+    BentoML's own traffic metrics are off (`service.service`): they label requests by their raw
+    path, so any client could add series without bound by asking for made-up paths."""
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def forget_this_process() -> None:
+    """A worker process that stops takes its live gauges (`janus_serving_version`, …) with it."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid())

@@ -3,8 +3,10 @@
 Each worker process builds one `Serving` (store, hot-swapped model, adaptive batcher) and mounts
 the FastAPI app of `service.api` (`/classify`, `/admin/*`, docs at `/api/docs`, also merged into
 BentoML's `/docs.json`). Middleware (`service.middleware.Guard`) refuses admin requests without
-the token and oversized bodies before reading them, and answers `/readyz`. `/metrics` is BentoML's
-Prometheus endpoint, with the `janus_*` metrics of every worker.
+the token and oversized bodies before reading them, and answers `/readyz`. `/metrics` is the API's
+(`service.metrics.exposition`: the `janus_*` metrics of every worker process); BentoML's own
+traffic metrics are off, as they label every request by its raw path, so made-up paths from
+anyone would add series without bound.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import bentoml
 from service.api import create_api
 from service.config import ServiceSettings
 from service.core import Serving
+from service.metrics import forget_this_process
 from service.middleware import Guard
 
 SETTINGS = ServiceSettings.from_env()
@@ -39,7 +42,7 @@ api = create_api(_serving)
     name="janus",
     workers=SETTINGS.workers,
     traffic={"timeout": 120},
-    metrics={"enabled": True},
+    metrics={"enabled": False},  # its per-path labels; /metrics is service.api's
 )
 @bentoml.asgi_app(api, path="/")
 class Janus:
@@ -55,6 +58,7 @@ class Janus:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.serving.stop()
+        forget_this_process()
 
 
 Janus.add_asgi_middleware(  # type: ignore[attr-defined]

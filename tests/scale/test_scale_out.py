@@ -265,7 +265,7 @@ def test_jobs_submitted_at_once_through_both_replicas_each_publish_one_version(t
 def test_the_busy_worker_killed_mid_job_has_its_job_finished_by_the_other(tier: Tier) -> None:
     data = tier.dataset("t5", ["digit8", "digit9"], per_class=100)
     job_id = tier.learn(
-        "a", data, idempotency_key="killed", activation="manual", train={"epochs": 15}
+        "a", data, idempotency_key="killed", activation="manual", train={"epochs": 100}
     )
     running = wait(
         tier.app,
@@ -275,7 +275,7 @@ def test_the_busy_worker_killed_mid_job_has_its_job_finished_by_the_other(tier: 
         until=lambda s: bool(s.progress and s.progress.get("step", 0) >= 2),
     )
     assert running.state == "running", running
-    active = tier.app.control.inspect(timeout=2).active() or {}
+    active = tier.app.control.inspect(timeout=1).active() or {}
     busy = [
         name
         for name, worker in tier.workers.items()

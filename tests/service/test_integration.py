@@ -213,6 +213,27 @@ def _tree_rss(pid: int) -> int:
 
 
 @pytest.mark.chaos
+def test_requests_to_made_up_paths_add_no_metric_series(stack: Stack) -> None:
+    """Anyone may send any path: the metrics must not grow a series per path (a label per path
+    would grow every worker's metric files and every scrape without bound)."""
+    server = stack.server
+
+    def samples() -> int:
+        text = server.get("/metrics").text
+        return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+    server.get("/livez")
+    before = samples()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for i in range(100):
+            assert client.get(f"/made-up/{i:04d}").status_code == 404
+            assert client.get(f"/admin/jobs/{i:032x}").status_code == 401
+    added = samples() - before
+    print(f"\n200 requests to made-up paths added {added} metric samples")
+    assert added < 50, added
+
+
+@pytest.mark.chaos
 def test_decode_budget_attacks_leave_memory_and_latency_bounded(stack: Stack) -> None:
     """8 clients send requests that fill the decode budget (two 4.9 KB PNGs of 6300 × 6300
     1-bit pixels each, 79 M pixels to decode) while one client classifies normal images."""
