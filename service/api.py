@@ -55,7 +55,7 @@ from service.images import ImageError, decode_base64
 from service.metrics import exposition
 from service.runtime import check_in_child
 from service.shadow import counts_at
-from service.swap import announce_change
+from service.swap import announce_change, announce_move
 from service.v2 import create_v2
 
 GetServing = Callable[[], Serving]
@@ -338,7 +338,7 @@ def _announce(serving: Serving, message: dict[str, Any]) -> None:
 
 
 def _moved(serving: Serving, entry: AuditEntry) -> None:
-    _announce(serving, {"event": "serving-changed", "version": entry.to, "previous": entry.from_})
+    announce_move(serving.redis_url(), entry)
 
 
 def _actor(claimed: str | None) -> str:

@@ -39,30 +39,29 @@ def _remote(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "url", None))
 
 
+def _local_redis_url() -> str | None:
+    """The Redis of the job settings: `JANUS_REDIS_URL`, else the embedded one running for the
+    data directory (None: neither)."""
+    from learner.jobs.redis_embedded import current_url
+    from learner.jobs.settings import JobSettings
+
+    settings = JobSettings.from_env()
+    return current_url(settings.redis_url, settings.data_dir)
+
+
 def local_shadow_counts(version: str) -> dict[str, Any] | None:
     """A version's shadow counts from the Redis of the job settings (None without one)."""
-    from learner.jobs.redis_embedded import current_url
-    from learner.jobs.settings import JobSettings
     from service.shadow import counts_at
 
-    settings = JobSettings.from_env()
-    return counts_at(current_url(settings.redis_url, settings.data_dir), version)
-
-
-def local_announce(message: dict[str, Any]) -> None:
-    """Announces a change made to the store directly (not through a service) on the Redis of
-    the job settings, so every serving worker checks at once."""
-    from learner.jobs.redis_embedded import current_url
-    from learner.jobs.settings import JobSettings
-    from service.swap import announce_change
-
-    settings = JobSettings.from_env()
-    announce_change(current_url(settings.redis_url, settings.data_dir), message)
+    return counts_at(_local_redis_url(), version)
 
 
 def local_announce_move(entry: AuditEntry) -> None:
-    """`janus activate | rollback` without --url: the pointer moved."""
-    local_announce({"event": "serving-changed", "version": entry.to, "previous": entry.from_})
+    """`janus activate | rollback` without --url: tells the serving workers the pointer moved
+    (a change made to the store directly, not through a service)."""
+    from service.swap import announce_move
+
+    announce_move(_local_redis_url(), entry)
 
 
 # -- eval ------------------------------------------------------------------------------------
@@ -170,7 +169,10 @@ def _shadow(args: argparse.Namespace) -> int:
             found = store.set_shadow(
                 None if args.off else args.id, args.fraction, actor=args.actor, reason=args.reason
             )
-            local_announce({"event": "shadow-changed", "version": found and found.version})
+            from service.swap import announce_change
+
+            shadowed = found and found.version
+            announce_change(_local_redis_url(), {"event": "shadow-changed", "version": shadowed})
             answer = {"shadow": found.model_dump(mode="json") if found else None}
         else:
             found = store.shadow()

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from adapters_store import StoreBusy, StoreError, VersionStore
+from adapters_store import AuditEntry, StoreBusy, StoreError, VersionStore
 from adapters_store.store import Shadow
 from learner.jobs.client import SERVING_CHANNEL, announce
 from learner.jobs.redis_url import redis_from_url
@@ -92,6 +92,11 @@ def announce_change(url: str | None, message: dict[str, Any]) -> None:
             announce(client, message)
     except (redis.RedisError, OSError) as err:
         log.info("could not announce %s (the workers' poll will find it): %s", message, err)
+
+
+def announce_move(url: str | None, entry: AuditEntry) -> None:
+    """`announce_change` for a move of the serving pointer (`entry`, its audit entry)."""
+    announce_change(url, {"event": "serving-changed", "version": entry.to, "previous": entry.from_})
 
 
 @dataclass
