@@ -85,6 +85,18 @@ def start_worker(env: dict[str, str], log: Path) -> Worker:
     return Worker(spawn_group(cmd, full, log, REPO), log)
 
 
+def wait_training(app: Celery, job_id: str, timeout: float) -> JobStatus:
+    """The job's status once it has trained two steps: mid-training, the moment to kill its
+    worker."""
+    return wait(
+        app,
+        job_id,
+        timeout=timeout,
+        poll_s=0.1,
+        until=lambda s: bool(s.progress and s.progress.get("step", 0) >= 2),
+    )
+
+
 @dataclass
 class JobEnv:
     """A store, an allowed dataset root, settings and a client app for one set of workers."""

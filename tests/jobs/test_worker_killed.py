@@ -15,7 +15,14 @@ from learner.jobs.app import create_app
 from learner.jobs.client import attempts_key, redis_client, status, submit, wait
 from learner.jobs.redis_embedded import EmbeddedRedis, start_embedded
 from learner.jobs.settings import JobSettings
-from tests.jobs.conftest import TIMINGS, JobEnv, Worker, make_job_env, start_worker
+from tests.jobs.conftest import (
+    TIMINGS,
+    JobEnv,
+    Worker,
+    make_job_env,
+    start_worker,
+    wait_training,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,13 +44,7 @@ def test_killed_worker_job_is_redelivered_and_published_once(
         workers.append(start_worker(kill_env.env, kill_env.root / "worker-1.log"))
         workers[0].wait_ready(kill_env.app)
         job_id = submit(kill_env.app, request)
-        training = wait(
-            kill_env.app,
-            job_id,
-            timeout=60,
-            poll_s=0.1,
-            until=lambda s: bool(s.progress and s.progress.get("step", 0) >= 2),
-        )
+        training = wait_training(kill_env.app, job_id, timeout=60)
         assert training.state == "running", training
         workers[0].kill()  # SIGKILL to the worker and its pool child, mid-training
 

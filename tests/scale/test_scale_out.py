@@ -39,7 +39,7 @@ from learner.jobs.app import create_app
 from learner.jobs.client import attempts_key, redis_client, wait
 from learner.jobs.redis_embedded import EmbeddedRedis, start_embedded
 from learner.jobs.settings import JobSettings
-from tests.jobs.conftest import TIMINGS, Worker, start_worker
+from tests.jobs.conftest import TIMINGS, Worker, start_worker, wait_training
 from tests.scale.s3counting import CountingS3
 from tests.service.conftest import ADMIN
 from tests.service.stack import REPO, Server, archive, start_server
@@ -267,13 +267,7 @@ def test_the_busy_worker_killed_mid_job_has_its_job_finished_by_the_other(tier: 
     job_id = tier.learn(
         "a", data, idempotency_key="killed", activation="manual", train={"epochs": 100}
     )
-    running = wait(
-        tier.app,
-        job_id,
-        timeout=90,
-        poll_s=0.1,
-        until=lambda s: bool(s.progress and s.progress.get("step", 0) >= 2),
-    )
+    running = wait_training(tier.app, job_id, timeout=90)
     assert running.state == "running", running
     active = tier.app.control.inspect(timeout=1).active() or {}
     busy = [
