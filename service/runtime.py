@@ -2,10 +2,10 @@
 
 `load_version` reads what serving needs through the store, each file checked against its
 manifest digest: the manifest and `model.onnx` for ONNX Runtime (the adapters, head, subspace
-state and prototypes are the learner's, tens of MB it never reads), every file for torch (which
-rebuilds the model from them). It builds the session (providers CUDA then CPU, intra-op threads
-per worker), checks the class names against the manifest and warms the model with a batch, so a
-version that loads is known to answer.
+state and prototypes are the learner's, tens of MB it never reads), the learner state's files for
+torch (which rebuilds the model from them, `load_state`). It builds the session (providers CUDA
+then CPU, intra-op threads per worker), checks the class names against the manifest and warms the
+model with a batch, so a version that loads is known to answer.
 """
 
 from __future__ import annotations
@@ -135,8 +135,7 @@ def load_version(
         raise EngineMissing(f"version {version} has no {ONNX} and JANUS_ENGINE=onnx")
     if engine != "torch" and ONNX in manifest.files:
         model = _onnx(version, store.read_bytes(version, ONNX), threads)  # size and sha256 checked
-    else:
-        store.verify_version(version)  # torch rebuilds the model from every file
+    else:  # torch rebuilds the model from the state's files, each checked as it is read
         model = _torch(store, version, threads)
     if list(model.class_names) != list(manifest.classes):
         raise ValueError(
