@@ -37,8 +37,8 @@ def celery_config(settings: JobSettings, redis_url: str) -> dict[str, Any]:
     or a master through Sentinel: `learner.jobs.redis_url`)."""
     where = celery_connection(redis_url, REDIS_TIMEOUTS)
     return {
-        "broker_url": where.broker_url,
-        "result_backend": where.result_backend,
+        "broker_url": where.url,
+        "result_backend": where.url,
         "broker_use_ssl": where.use_ssl,
         "redis_backend_use_ssl": where.use_ssl,
         "result_backend_transport_options": where.transport_options,

@@ -202,8 +202,7 @@ def redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
 class CeleryConnection:
     """The Celery settings that depend on where Redis is (`celery_connection`)."""
 
-    broker_url: str
-    result_backend: str
+    url: str  # of the broker and of the result backend
     transport_options: dict[str, Any]  # of the broker and of the result backend
     use_ssl: dict[str, Any] | None  # broker_use_ssl and redis_backend_use_ssl
 
@@ -222,8 +221,8 @@ def celery_connection(url: str, timeouts: Mapping[str, float]) -> CeleryConnecti
             "master_name": target.master,
             "sentinel_kwargs": target.sentinel_kwargs(timeouts),
         }
-        return CeleryConnection(target.celery_url(), target.celery_url(), options, None)
+        return CeleryConnection(target.celery_url(), options, None)
     parts = urlsplit(url)
     unchecked = parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query)
     use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED} if unchecked else None
-    return CeleryConnection(url, url, {}, use_ssl)
+    return CeleryConnection(url, {}, use_ssl)
